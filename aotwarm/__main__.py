@@ -1,0 +1,5 @@
+"""``python -m aotwarm`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,183 @@
+"""Build: run a plan's work items in child processes under the virtual target GPU, then bundle.
+
+Workers share one Triton cache directory per plan (Triton writes entries atomically, so parallel
+workers are safe) under a work directory that survives the run: a re-run skips items that finished
+and reuses every compiled kernel.  The bundle holds exactly the cache entries the plan's items
+compiled or hit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .bundle import collect_entries, write_bundle
+from .envinfo import fingerprint
+from .errors import BadInput, BuildIncomplete
+from .fsutil import atomic_write_text
+from .plan import Plan
+from .pool import PoolOptions, Task, run_tasks
+
+
+@dataclass
+class ItemOutcome:
+    id: str
+    ok: bool
+    error: str | None = None
+    compiled: int = 0
+    hits: int = 0
+    entries: list[str] = field(default_factory=list)
+    kernels: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed: bool = False
+
+
+@dataclass
+class BuildResult:
+    bundle: Path | None
+    manifest: dict | None
+    outcomes: list[ItemOutcome]
+    seconds: float
+    work_dir: Path
+
+    @property
+    def failed(self) -> list[ItemOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def entries(self) -> set[str]:
+        return {e for o in self.outcomes if o.ok for e in o.entries}
+
+    def summary(self) -> dict:
+        ok = [o for o in self.outcomes if o.ok]
+        return {
+            "work_items": len(self.outcomes),
+            "failed_items": len(self.failed),
+            "resumed_items": sum(o.resumed for o in self.outcomes),
+            "kernels": len({k for o in ok for k in o.kernels}),
+            "autotune_keys": (self.manifest or {}).get("plan", {}).get("probe", {}).get("autotune_keys", 0),
+            "compiled": sum(o.compiled for o in ok),
+            "cache_hits": sum(o.hits for o in ok),
+            "cache_entries": len(self.entries),
+            "planned_jit_keys": len((self.manifest or {}).get("plan", {}).get("probe", {}).get("jit_keys", [])),
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def default_work_dir(output: Path, plan: Plan) -> Path:
+    return output.parent / ".aotwarm-work" / plan.hash[:16]
+
+
+def _state_path(work_dir: Path) -> Path:
+    return work_dir / "done.json"
+
+
+def _load_state(work_dir: Path) -> dict[str, dict]:
+    try:
+        return json.loads(_state_path(work_dir).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_dir: Path | None = None,
+          item_timeout: float = 1800.0, on_result: Callable[[ItemOutcome], None] | None = None) -> BuildResult:
+    """Compile every work item of ``plan`` and write the bundle to ``output``.
+
+    Raises BuildIncomplete (exit 1) when an item failed: without ``keep_going`` no bundle is written;
+    with it the bundle is written and its manifest lists the failed items as not covered.
+    """
+    start = time.monotonic()
+    output = Path(output)
+    work_dir = Path(work_dir) if work_dir else default_work_dir(output, plan)
+    cache_root = (work_dir / "triton").resolve()
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInput(f"cannot create {err.filename}: {err.strerror}; choose a writable -o / --work-dir")
+    if not os.access(output.parent, os.W_OK):
+        raise BadInput(f"output directory {output.parent} is not writable: choose another -o")
+    done = _load_state(work_dir)
+    outcomes: dict[str, ItemOutcome] = {}
+    for item in plan.items:
+        if item.id in done:
+            outcomes[item.id] = ItemOutcome(**{**done[item.id], "resumed": True})
+    pending = [Task(i.id, i.op, i.params) for i in plan.items if i.id not in outcomes]
+
+    def collect(res: dict) -> None:
+        compiles = res.get("compiles", [])
+        outcome = ItemOutcome(
+            id=res["id"], ok=bool(res["ok"]), error=res.get("error"),
+            compiled=sum(not c["cache_hit"] for c in compiles), hits=sum(c["cache_hit"] for c in compiles),
+            entries=sorted({c["entry"] for c in compiles}), kernels=sorted({c["kernel"] for c in compiles}),
+            seconds=res.get("seconds", 0.0))
+        outcomes[outcome.id] = outcome
+        if outcome.ok:
+            done[outcome.id] = {k: v for k, v in outcome.__dict__.items() if k != "resumed"}
+            atomic_write_text(_state_path(work_dir), json.dumps(done, sort_keys=True))
+        if on_result:
+            on_result(outcome)
+
+    env = {**os.environ, "TRITON_CACHE_DIR": str(cache_root), "TRITON_STORE_BINARY_ONLY": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    if pending:
+        opts = PoolOptions(mode="build", target_json=json.dumps(plan.target), jobs=jobs, env=env,
+                           log_dir=work_dir / "logs", item_timeout=item_timeout, keep_going=keep_going)
+        run_tasks(pending, opts, collect)
+    ordered = [outcomes[i.id] if i.id in outcomes else ItemOutcome(i.id, False, "not run: the build stopped at an earlier failure")
+               for i in plan.items]
+    result = BuildResult(None, None, ordered, time.monotonic() - start, work_dir)
+    if result.failed and not keep_going:
+        first = result.failed[0]
+        raise BuildIncomplete(f"work item {first.id} failed: {first.error} ({len(result.failed)} item(s) not built; "
+                              f"no bundle written; re-run to resume, or --keep-going to bundle the rest)")
+    manifest = _manifest(plan, result)
+    files = collect_entries(cache_root, result.entries)
+    result.manifest = write_bundle(output, manifest, files)
+    result.bundle = output
+    result.seconds = time.monotonic() - start
+    if result.failed:
+        raise BuildIncomplete(f"{len(result.failed)} work item(s) failed (first: {result.failed[0].id}: "
+                              f"{result.failed[0].error}); bundle written to {output} without them")
+    return result
+
+
+def _manifest(plan: Plan, result: BuildResult) -> dict:
+    from .engines import detect_engine
+
+    fp = fingerprint(arch=plan.target["capability"][0] * 10 + plan.target["capability"][1])
+    engine = detect_engine(plan.engine["name"]).to_dict()
+    if engine["source_sha256"] != plan.engine["source_sha256"]:
+        raise BadInput(f"the installed {engine['name']} ({engine['version']}) is not the one the plan was made with "
+                       f"({plan.engine['version']}): re-run `aotwarm plan`")
+    failed = {o.id: o.error for o in result.failed}
+    coverage = []
+    for fam in plan.families:
+        items = [i for i in plan.items if i.family == fam.family]
+        coverage.append({
+            "family": fam.family, "status": "incomplete" if any(i.id in failed for i in items) else fam.status,
+            "summary": fam.summary, "kernels": [k.__dict__ for k in fam.kernels], "uncovered": list(fam.uncovered)
+            + [f"work item {i.id} failed to build: {failed[i.id]}" for i in items if i.id in failed],
+            "work_items": len(items),
+        })
+    return {
+        "aotwarm_version": __version__,
+        "plan": json.loads(plan.to_json()),
+        "plan_hash": plan.hash,
+        "target": plan.target,
+        "engine": engine,
+        "fingerprint": fp.to_dict(),
+        "coverage": coverage,
+        "build": {"work_items": len(result.outcomes), "failed_items": sorted(failed),
+                  "cache_entries": len(result.entries), "store_binary_only": True},
+        "triton_cache": {"placeholder": "@AOTWARM_TRITON_CACHE_DIR@", "autotune_results": 0,
+                         "autotune_note": "no autotune results: the node benchmarks each planned autotune key once "
+                                          "(every config is compiled, so it never compiles)",
+                         "launchers": "not included: Triton 3.6 builds cuda_utils and one launcher per kernel "
+                                      "signature with a C compiler on first use"},
+    }

@@ -1,0 +1,237 @@
+"""The bundle: one deterministic ``.tar.zst`` holding ``manifest.json`` and the Triton cache.
+
+Only this module and ``install.py`` know the format.  Writing is deterministic: members sorted,
+mtime 0, owner 0/0 with empty names, fixed modes, single-threaded zstd with a frame checksum,
+and a manifest with no timestamps, so the same inputs give a byte-identical file.  Reading is
+defensive: the manifest must come first, every member must be a regular file with a safe
+relative path that the manifest lists with its size and sha256, and no member is read past its
+declared size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Callable, Iterator
+
+from .errors import BadInput
+from .fsutil import atomic_write_bytes
+
+BUNDLE_FORMAT = 1
+MANIFEST = "manifest.json"
+TRITON_PREFIX = "triton/"
+CACHE_PLACEHOLDER = "@AOTWARM_TRITON_CACHE_DIR@"
+ZSTD_LEVEL = 10
+MAX_MANIFEST_BYTES = 64 << 20
+_SAFE_NAME = re.compile(r"^triton/[A-Z2-7]{52}/[A-Za-z0-9_.\-]{1,255}$")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+def manifest_self_hash(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def normalize_group_file(data: bytes, cache_root: Path) -> bytes:
+    """Replace the builder's absolute cache path in a ``__grp__*.json`` with a placeholder."""
+    group = json.loads(data)
+    root = str(cache_root).rstrip("/") + "/"
+    paths = {}
+    for child, p in sorted(group.get("child_paths", {}).items()):
+        if not p.startswith(root):
+            raise ValueError(f"group file child {p} is outside the cache root {root}")
+        paths[child] = CACHE_PLACEHOLDER + "/" + p[len(root):]
+    return json.dumps({"child_paths": paths}, sort_keys=True).encode()
+
+
+def relocate_group_file(data: bytes, cache_dir: Path) -> bytes:
+    """Point a bundled group file's children at ``cache_dir`` (the node's TRITON_CACHE_DIR)."""
+    group = json.loads(data)
+    paths = {c: p.replace(CACHE_PLACEHOLDER, str(cache_dir).rstrip("/"), 1)
+             for c, p in group.get("child_paths", {}).items()}
+    return json.dumps({"child_paths": paths}).encode()
+
+
+def collect_entries(cache_root: Path, entries: set[str]) -> dict[str, bytes]:
+    """Read the files of the given cache entries, group files normalized; keys are archive paths."""
+    files: dict[str, bytes] = {}
+    for entry in sorted(entries):
+        entry_dir = cache_root / entry
+        if not entry_dir.is_dir():
+            raise BadInput(f"cache entry {entry} vanished from {cache_root} during the build: re-run the build")
+        for f in sorted(entry_dir.iterdir()):
+            if not f.is_file() or f.name.startswith("tmp."):
+                continue
+            data = f.read_bytes()
+            if f.name.startswith("__grp__"):
+                data = normalize_group_file(data, cache_root)
+            files[f"{TRITON_PREFIX}{entry}/{f.name}"] = data
+    return files
+
+
+def write_bundle(path: Path, manifest: dict, files: dict[str, bytes]) -> dict:
+    """Write the bundle atomically; returns the final manifest (with file list and self hash)."""
+    import zstandard
+
+    manifest = dict(manifest)
+    manifest["format"] = BUNDLE_FORMAT
+    manifest["files"] = [{"path": p, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+                         for p, d in sorted(files.items())]
+    manifest["manifest_sha256"] = manifest_self_hash(manifest)
+    manifest_bytes = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in [(MANIFEST, manifest_bytes)] + sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, threads=0).compress(raw.getvalue())
+    atomic_write_bytes(path, compressed)
+    return manifest
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+class _BoundedReader(io.RawIOBase):
+    """Decompressed stream that refuses to produce more than ``limit`` bytes (decompression bombs)."""
+
+    def __init__(self, inner: IO[bytes], limit: int):
+        self._inner, self._left = inner, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self._left <= 0:
+            raise BadInput("bundle decompresses to more than its manifest declares: refusing it (corrupt or hostile)")
+        n = self._inner.readinto(memoryview(b)[: min(len(b), self._left + 1)])
+        self._left -= n
+        return n
+
+
+def _open_tar(path: Path, limit: int) -> tuple[IO[bytes], tarfile.TarFile]:
+    import zstandard
+
+    try:
+        fh = open(path, "rb")
+    except OSError as err:
+        raise BadInput(f"cannot read bundle {path}: {err.strerror}")
+    reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
+    stream = io.BufferedReader(_BoundedReader(reader, limit))
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|")
+    except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError) as err:
+        fh.close()
+        raise BadInput(f"{path} is not an aotwarm bundle or is corrupt ({_why(err)}): rebuild or re-download it")
+    return fh, tar
+
+
+def _why(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+
+
+def _check_member_name(name: str) -> None:
+    if name != MANIFEST and not _SAFE_NAME.match(name):
+        raise BadInput(f"bundle member {name!r} has an unsafe or unexpected path: refusing the bundle")
+    parts = PurePosixPath(name).parts
+    if ".." in parts or name.startswith("/"):
+        raise BadInput(f"bundle member {name!r} escapes the destination: refusing the bundle")
+
+
+def _validate_manifest(raw: bytes, path: Path) -> dict:
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadInput(f"{path}: manifest.json is not valid JSON (corrupt bundle): rebuild or re-download it")
+    if not isinstance(manifest, dict):
+        raise BadInput(f"{path}: manifest.json is not an object (corrupt bundle)")
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BadInput(f"{path}: bundle format {manifest.get('format')!r} is not supported by this aotwarm "
+                       f"(reads format {BUNDLE_FORMAT}): install the aotwarm version that built it")
+    if manifest.get("manifest_sha256") != manifest_self_hash(manifest):
+        raise BadInput(f"{path}: manifest does not match its own checksum (edited or corrupt): refusing the bundle")
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        raise BadInput(f"{path}: manifest has no file list (corrupt bundle)")
+    seen = set()
+    for f in files:
+        if not (isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("size"), int)
+                and isinstance(f.get("sha256"), str) and f["size"] >= 0):
+            raise BadInput(f"{path}: manifest file entry {f!r} is malformed (corrupt bundle)")
+        _check_member_name(f["path"])
+        if f["path"] in seen:
+            raise BadInput(f"{path}: manifest lists {f['path']} twice (corrupt bundle)")
+        seen.add(f["path"])
+    return manifest
+
+
+def read_bundle(path: Path, sink: Callable[[str, bytes], None] | None = None) -> dict:
+    """Validate the whole bundle; with ``sink``, hand each verified file to it. Returns the manifest.
+
+    Nothing reaches ``sink`` that has not been checked against the manifest (path, type, size, sha256).
+    Raises BadInput with a one-line reason on any problem.
+    """
+    import zstandard
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise BadInput(f"cannot read bundle {path}: {err.strerror}")
+    # A hard ceiling until the manifest is read: nothing legitimate compresses better than 1000:1 here.
+    fh, tar = _open_tar(path, limit=max(1 << 20, size * 1000))
+    try:
+        members: Iterator[tarfile.TarInfo] = iter(tar)
+        first = next(members, None)
+        if first is None or first.name != MANIFEST or not first.isreg() or first.size > MAX_MANIFEST_BYTES:
+            raise BadInput(f"{path}: manifest.json is not the first member (not an aotwarm bundle)")
+        manifest = _validate_manifest(tar.extractfile(first).read(), path)
+        expected = {f["path"]: f for f in manifest["files"]}
+        seen: set[str] = set()
+        for member in members:
+            _check_member_name(member.name)
+            if not member.isreg():
+                raise BadInput(f"bundle member {member.name!r} is not a regular file (link, device or FIFO): refusing the bundle")
+            if member.name in seen:
+                raise BadInput(f"bundle member {member.name!r} appears twice: refusing the bundle")
+            seen.add(member.name)
+            want = expected.get(member.name)
+            if want is None:
+                raise BadInput(f"bundle member {member.name!r} is not in the manifest: refusing the bundle")
+            if member.size != want["size"]:
+                raise BadInput(f"bundle member {member.name!r} is {member.size} bytes, the manifest says {want['size']}: refusing the bundle")
+            data = tar.extractfile(member).read(want["size"] + 1)
+            if len(data) != want["size"] or hashlib.sha256(data).hexdigest() != want["sha256"]:
+                raise BadInput(f"bundle member {member.name!r} does not match its sha256 in the manifest (corrupt or tampered)")
+            if sink is not None:
+                sink(member.name, data)
+        missing = sorted(set(expected) - seen)
+        if missing:
+            raise BadInput(f"bundle is missing {len(missing)} file(s) its manifest lists, e.g. {missing[0]} (truncated?)")
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as err:
+        raise BadInput(f"{path} is truncated or corrupt ({_why(err)}): rebuild or re-download it")
+    finally:
+        tar.close()
+        fh.close()
+    return manifest
+
+
+def read_manifest(path: Path) -> dict:
+    """Validate the whole bundle and return its manifest (used by inspect and verify)."""
+    return read_bundle(path)

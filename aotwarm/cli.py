@@ -1,0 +1,301 @@
+"""The ``aotwarm`` command line: parse, call one function per command, render. Nothing else."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EXIT_FAILED, EXIT_OK, AotwarmError
+
+
+def _emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=1, sort_keys=True, default=str))
+
+
+def handle_errors(fn):
+    """One line on stderr and the documented exit code for every expected failure."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AotwarmError as err:
+            report = getattr(err, "report", None)
+            if report is not None and kwargs.get("as_json"):
+                _emit_json({"error": str(err), **report.to_dict()})
+            elif report is not None:
+                from .render import console, verify_tables
+
+                for t in verify_tables(report):
+                    console(stderr=True).print(t)
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; a re-run resumes where this one stopped", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="aotwarm")
+def main() -> None:
+    """Plan, compile and ship the Triton kernel caches an LLM serving engine would JIT at start-up.
+
+    Exit codes: 0 ok · 1 verification found misses or a build is incomplete · 2 bad input or usage ·
+    3 this environment cannot use this bundle.
+    """
+
+
+def serving_options(fn):
+    opts = [
+        click.option("--gpu", "gpu", required=False, help="GPU profile or arch alias (see `aotwarm targets`)."),
+        click.option("--engine", default="auto", show_default=True, help="Engine whose kernels to plan: auto, fla."),
+        click.option("--tp", default=1, show_default=True, type=click.IntRange(1), help="Tensor-parallel size."),
+        click.option("--dtype", type=click.Choice(["bfloat16", "float16"]), help="Activation dtype (default: the model's)."),
+        click.option("--max-num-batched-tokens", default=8192, show_default=True, type=click.IntRange(1),
+                     help="Largest number of tokens in one forward pass."),
+        click.option("--max-num-seqs", default=256, show_default=True, type=click.IntRange(1),
+                     help="Largest decode batch / number of packed sequences."),
+        click.option("--max-prefill-batch", default=1, show_default=True, type=click.IntRange(1, 64),
+                     help="Largest padded prefill batch (transformers generate() with several prompts)."),
+        click.option("--family", "families", multiple=True, default=("gdn",), show_default=True,
+                     help="Kernel families to plan (repeatable)."),
+        click.option("--num-sms", type=click.IntRange(1), help="Plan for a reduced SM count."),
+        click.option("-j", "--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(1),
+                     help="Worker processes."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _make_plan(model: str, gpu: str | None, engine: str, tp: int, dtype: str | None, max_num_batched_tokens: int,
+               max_num_seqs: int, max_prefill_batch: int, families: tuple[str, ...], num_sms: int | None, jobs: int,
+               quiet: bool):
+    from .engines import detect_engine
+    from .errors import BadInput
+    from .model import load_model
+    from .plan import ServingArgs
+    from .planners import make_plan
+    from .probe import probe_plan
+    from .render import console
+    from .targets import resolve_target
+
+    if not gpu:
+        raise BadInput("--gpu is required: a GPU profile or an arch alias such as sm90 (see `aotwarm targets`)")
+    resolved = resolve_target(gpu, num_sms)
+    spec, source = load_model(model)
+    eng = detect_engine(engine)
+    serving = ServingArgs(engine=eng.name, tp=tp, dtype=dtype, max_num_batched_tokens=max_num_batched_tokens,
+                          max_num_seqs=max_num_seqs, max_prefill_batch=max_prefill_batch, families=tuple(families))
+    err = console(stderr=True)
+    if not quiet:
+        if source.note:
+            err.print(f"[yellow]note:[/] {source.note}")
+        err.print(f"target: {resolved.describe()}")
+        err.print(f"engine: {eng.name} {eng.version} ({eng.location})")
+    plan = make_plan(spec, source, resolved, serving, eng)
+    if not quiet:
+        with err.status(f"probing {len(plan.items)} work items through {eng.name} under a virtual {resolved.target.key}…"):
+            probe_plan(plan, jobs=jobs)
+    else:
+        probe_plan(plan, jobs=jobs)
+    return plan
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def targets(as_json: bool) -> None:
+    """List the GPU profiles and arch aliases."""
+    from .render import console, targets_table
+    from .targets import ALIASES, PROFILES
+
+    if as_json:
+        _emit_json({"profiles": {k: p.to_dict() for k, p in PROFILES.items()}, "aliases": ALIASES})
+        return
+    console().print(targets_table())
+
+
+@main.command()
+@click.argument("model")
+@serving_options
+@click.option("--audit", type=click.IntRange(0), default=0, help="Also probe N random in-range shapes and report keys outside the plan.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan (JSON lock file).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def plan(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, max_prefill_batch, families, num_sms,
+         jobs, audit, output, as_json) -> None:
+    """Plan every autotune key and JIT specialization MODEL's kernels hit on a target GPU."""
+    from .probe import audit_plan
+    from .render import console, plan_tables
+
+    p = _make_plan(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, max_prefill_batch, families,
+                   num_sms, jobs, as_json)
+    report = audit_plan(p, audit, jobs=jobs) if audit else None
+    if output:
+        p.write(output)
+    if as_json:
+        d = json.loads(p.to_json())
+        if report:
+            d["audit"] = report.__dict__
+        _emit_json(d)
+    else:
+        for t in plan_tables(p):
+            console().print(t)
+        if output:
+            console().print(f"plan written to {output} (hash {p.hash[:16]})")
+        if report:
+            verdict = "[green]complete[/]" if not report.outside and not report.failures else "[red]INCOMPLETE[/]"
+            console().print(f"audit: {report.samples} random in-range shapes, {len(report.outside)} JIT key(s) outside "
+                            f"the plan, {len(report.failures)} failure(s): {verdict}")
+            for line in report.outside + report.failures:
+                console().print(f"  {line}")
+    if report and (report.outside or report.failures):
+        sys.exit(EXIT_FAILED)
+
+
+def _default_output(model: str, target: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).stem if model.endswith(".json") else model.split("/")[-1])
+    return Path("caches") / f"{slug.lower()}.{target}.tar.zst"
+
+
+@main.command()
+@click.argument("model", required=False)
+@serving_options
+@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Build a plan written by `aotwarm plan -o` instead of planning MODEL.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Bundle path (default: caches/<model>.<target>.tar.zst).")
+@click.option("--keep-going", is_flag=True, help="Finish the other items when one fails; bundle what was built.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Where compiled kernels are kept between runs.")
+@click.option("--item-timeout", default=1800, show_default=True, type=click.IntRange(1), help="Seconds allowed per work item.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def build(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, max_prefill_batch, families, num_sms,
+          jobs, plan_file, output, keep_going, work_dir, item_timeout, as_json) -> None:
+    """Compile every planned kernel in child processes (no GPU needed) and write a bundle."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import build as build_mod
+    from .errors import BadInput, BuildIncomplete
+    from .plan import Plan
+    from .render import build_table, console
+
+    if plan_file and model:
+        raise BadInput("give either MODEL or --plan, not both")
+    if plan_file:
+        p = Plan.read(plan_file)
+    elif model:
+        p = _make_plan(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, max_prefill_batch,
+                       families, num_sms, jobs, as_json)
+    else:
+        raise BadInput("give a MODEL (repo id, directory or config.json) or --plan plan.json")
+    if not p.items:
+        raise BadInput("the plan has no work items (see `aotwarm plan`): nothing to build")
+    output = output or _default_output(p.model["source"]["model"], p.target["key"])
+    err = console(stderr=True)
+    progress = Progress(TextColumn("compiling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.description}"), console=err, disable=as_json)
+    failure = None
+    with progress:
+        task = progress.add_task("", total=len(p.items))
+
+        def tick(outcome) -> None:
+            progress.update(task, advance=1, description=outcome.id + ("" if outcome.ok else " [red]FAILED[/]"))
+            if not outcome.ok and not as_json:
+                err.print(f"[red]failed[/] {outcome.id}: {outcome.error}")
+
+        try:
+            result = build_mod.build(p, output, jobs=jobs, keep_going=keep_going, work_dir=work_dir,
+                                     item_timeout=item_timeout, on_result=tick)
+        except BuildIncomplete as e:
+            failure = e
+            result = getattr(e, "result", None)
+    if failure and result is None:
+        raise failure
+    summary = result.summary()
+    if as_json:
+        _emit_json({"bundle": str(result.bundle) if result.bundle else None, "plan_hash": p.hash, "summary": summary,
+                    "failed": [o.__dict__ for o in result.failed]})
+    else:
+        console().print(build_table(summary, str(result.bundle) if result.bundle else None))
+        for fam in (result.manifest or {}).get("coverage", []):
+            for line in fam["uncovered"]:
+                console().print(f"[yellow]not covered[/] ({fam['family']}): {line}")
+    if failure:
+        raise failure
+    sys.exit(EXIT_OK)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the manifest).")
+@handle_errors
+def inspect(bundle: Path, as_json: bool) -> None:
+    """Check a bundle's integrity and show what it holds and covers."""
+    from .bundle import read_manifest
+    from .render import console, inspect_tables
+
+    manifest = read_manifest(bundle)
+    if as_json:
+        _emit_json(manifest)
+        return
+    for t in inspect_tables(manifest, str(bundle)):
+        console().print(t)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dir", "dest", required=True, type=click.Path(file_okay=False, path_type=Path), help="Install directory.")
+@click.option("--print-env", is_flag=True, help="Print the environment the engine needs, as shell exports.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def install(bundle: Path, dest: Path, print_env: bool, as_json: bool) -> None:
+    """Verify and install a bundle into DIR (atomic per cache entry; relocates Triton's group files)."""
+    from .install import install as do_install
+    from .render import console
+
+    res = do_install(bundle, dest)
+    env = res.env()
+    if as_json:
+        _emit_json({"dest": str(res.dest), "triton_cache": str(res.triton_cache), "entries_added": res.entries_added,
+                    "entries_present": res.entries_present, "files": res.files, "bundle_sha256": res.bundle_sha256,
+                    "env": env})
+        return
+    if print_env:
+        for k, v in env.items():
+            click.echo(f"export {k}={v}")
+        return
+    console().print(f"installed {res.files} files: {res.entries_added} cache entries added, "
+                    f"{res.entries_present} already present, in {res.triton_cache}")
+    console().print("the engine needs: " + " ".join(f"{k}={v}" for k, v in env.items()))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dir", "dest", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where the bundle was installed.")
+@click.option("--item-timeout", default=1800, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def verify(bundle: Path, dest: Path, item_timeout: int, as_json: bool) -> None:
+    """On a GPU node: preflight, then replay the plan on the GPU; exit 0 only with zero compiles."""
+    from .render import console, verify_tables
+    from .verify import verify as do_verify
+
+    report = do_verify(bundle, dest, timeout=item_timeout)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        for t in verify_tables(report):
+            console().print(t)
+    sys.exit(EXIT_OK if report.passed else EXIT_FAILED)

@@ -1,0 +1,126 @@
+"""Human output: rich tables for each command (the ``--json`` output is the raw dicts instead)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .targets import ALIASES, PROFILES
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def targets_table() -> Table:
+    aliases = {}
+    for a, k in ALIASES.items():
+        aliases.setdefault(k, []).append(a)
+    t = Table(title="GPU profiles")
+    for col in ("target", "device name", "arch", "SMs", "smem/block (opt-in)", "memory", "aliases"):
+        t.add_column(col)
+    for key, p in PROFILES.items():
+        t.add_row(key, p.name, p.sm_name, str(p.num_sms), f"{p.smem_optin // 1024} KiB",
+                  f"{p.total_memory / 2**30:.0f} GiB", ", ".join(aliases.get(key, [])))
+    return t
+
+
+def plan_tables(plan) -> list:
+    out = []
+    fam = Table(title=f"Plan {plan.hash[:12]} — {plan.model['source']['model']} on {plan.target['key']} "
+                      f"({plan.target['name']}), engine {plan.engine['name']} {plan.engine['version']}")
+    for col in ("family", "status", "summary", "not covered by the bundle"):
+        fam.add_column(col, overflow="fold")
+    for f in plan.families:
+        fam.add_row(f.family, f.status, f.summary, "\n".join(f.uncovered) or "-")
+    out.append(fam)
+    items = Table(title=f"{len(plan.items)} work items · {len(plan.probe.get('jit_keys', []))} JIT keys · "
+                        f"{plan.probe.get('autotune_keys', 0)} autotune keys")
+    for col in ("work item", "kernels (autotune configs)", "why"):
+        items.add_column(col, overflow="fold")
+    for i in plan.items:
+        ks = ", ".join(f"{k}({'/'.join(str(e['configs']) for e in v) or 'jit'})" for k, v in i.kernels.items())
+        items.add_row(i.id, ks, i.reason)
+    out.append(items)
+    cov = Table(title="Coverage")
+    for col in ("kernel", "covers", "specialization classes enumerated"):
+        cov.add_column(col, overflow="fold")
+    for f in plan.families:
+        for k in f.kernels:
+            cov.add_row(k.kernel, k.covers, "\n".join(k.classes))
+    out.append(cov)
+    return out
+
+
+def build_table(summary: dict, bundle: str | None) -> Table:
+    t = Table(title=f"Build {'→ ' + bundle if bundle else '(no bundle written)'}")
+    for col in ("work items", "failed", "resumed", "kernels", "autotune keys", "JIT keys planned",
+                "compiled", "cache hits", "cache entries", "seconds"):
+        t.add_column(col, justify="right")
+    s = summary
+    t.add_row(*map(str, (s["work_items"], s["failed_items"], s["resumed_items"], s["kernels"], s["autotune_keys"],
+                         s["planned_jit_keys"], s["compiled"], s["cache_hits"], s["cache_entries"], s["seconds"])))
+    return t
+
+
+def inspect_tables(manifest: dict, path: str) -> list:
+    fp, tgt, eng = manifest["fingerprint"], manifest["target"], manifest["engine"]
+    head = Table(title=f"Bundle {path}", show_header=False)
+    head.add_column("field")
+    head.add_column("value", overflow="fold")
+    size = sum(f["size"] for f in manifest["files"])
+    rows = [
+        ("aotwarm", manifest["aotwarm_version"]),
+        ("model", manifest["plan"]["model"]["source"]["model"]),
+        ("target", f"{tgt['key']} ({tgt['name']}, sm{tgt['capability'][0]}{tgt['capability'][1]}, {tgt['num_sms']} SMs)"),
+        ("engine", f"{eng['name']} {eng['version']} (sources {eng['source_sha256'][:12]})"),
+        ("python", f"{fp['python_version']} ({fp['python_abi']})"),
+        ("triton", f"{fp['triton_version']} (triton_key {fp['triton_key_sha256'][:12]})"),
+        ("torch", fp["torch_version"]),
+        ("key env vars", ", ".join(f"{k}={v}" for k, v in fp["key_env"].items()) or "none set"),
+        ("plan", manifest["plan_hash"][:16]),
+        ("files", f"{len(manifest['files'])} ({size / 2**20:.1f} MiB), {manifest['build']['cache_entries']} cache entries"),
+        ("autotune results", f"{manifest['triton_cache']['autotune_results']} — {manifest['triton_cache']['autotune_note']}"),
+        ("launchers", manifest["triton_cache"]["launchers"]),
+    ]
+    for r in rows:
+        head.add_row(*r)
+    cov = Table(title="Coverage")
+    for col in ("family", "status", "work items", "summary", "not covered"):
+        cov.add_column(col, overflow="fold")
+    for c in manifest["coverage"]:
+        cov.add_row(c["family"], c["status"], str(c["work_items"]), c["summary"], "\n".join(c["uncovered"]) or "-")
+    return [head, cov]
+
+
+def verify_tables(report) -> list:
+    out = []
+    if report.preflight:
+        t = Table(title="Preflight: this bundle cannot hit on this node")
+        for col in ("field", "bundle", "node", "what to do"):
+            t.add_column(col, overflow="fold")
+        for m in report.preflight:
+            t.add_row(m.field, m.bundle, m.node, m.hint)
+        out.append(t)
+        return out
+    s = Table(title="Verify " + ("PASSED: zero compiles" if report.passed else "FAILED"))
+    for col in ("work items", "failed", "cache hits", "compiles (misses)", "autotune benchmarks", "C compiler runs",
+                "JIT keys outside the plan", "seconds"):
+        s.add_column(col, justify="right")
+    s.add_row(*map(str, (report.items, len(report.failed_items), report.hits, len(report.misses), report.benchmarks,
+                         report.c_builds, len(report.unplanned_keys), report.seconds)))
+    out.append(s)
+    if report.misses:
+        m = Table(title="Misses")
+        for col in ("work item", "kernel", "signature", "constexprs"):
+            m.add_column(col, overflow="fold")
+        for x in report.misses:
+            m.add_row(x["item"], x["kernel"], x["signature"], x["constexprs"])
+        out.append(m)
+    if report.failed_items:
+        f = Table(title="Work items that failed to run")
+        f.add_column("item: error", overflow="fold")
+        for x in report.failed_items:
+            f.add_row(x)
+        out.append(f)
+    return out

@@ -1,0 +1,159 @@
+"""Verify on a GPU node: preflight (can this bundle hit here?) and a replay that counts compiles.
+
+The replay runs every work item of the bundle's plan in a child process, with real tensors on the
+real GPU through the engine's own functions, and counts ``compile()`` calls that missed the disk
+cache (``knobs.compilation.listener``'s ``cache_hit``).  Pass means zero misses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .bundle import read_bundle
+from .errors import BadInput, Incompatible
+from .install import engine_env, installed_manifest
+from .plan import Plan
+from .pool import PoolOptions, Task, run_tasks
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    field: str
+    bundle: str
+    node: str
+    hint: str
+
+    def line(self) -> str:
+        return f"{self.field}: bundle has {self.bundle}, this node has {self.node} ({self.hint})"
+
+
+@dataclass
+class VerifyReport:
+    preflight: list[Mismatch]
+    items: int = 0
+    failed_items: list[str] = field(default_factory=list)
+    hits: int = 0
+    misses: list[dict] = field(default_factory=list)
+    benchmarks: int = 0
+    c_builds: int = 0
+    unplanned_keys: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.preflight and not self.misses and not self.failed_items
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+def _gpu_facts() -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise Incompatible("no CUDA GPU is visible on this node: verify replays the plan on the GPU "
+                           "(check CUDA_VISIBLE_DEVICES and the driver)")
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "capability": [props.major, props.minor], "num_sms": props.multi_processor_count,
+            "smem_optin": getattr(props, "shared_memory_per_block_optin", None)}
+
+
+def preflight(manifest: dict, gpu: dict | None) -> list[Mismatch]:
+    """Compare what the bundle was built for with this node; every difference that makes keys differ."""
+    from .engines import detect_engine
+    from .envinfo import fingerprint
+
+    target = manifest["target"]
+    arch = target["capability"][0] * 10 + target["capability"][1]
+    built = manifest["fingerprint"]
+    node = fingerprint(arch=arch).to_dict()
+    out: list[Mismatch] = []
+
+    def cmp(name: str, a, b, hint: str) -> None:
+        if a != b:
+            out.append(Mismatch(name, str(a), str(b), hint))
+
+    cmp("python_abi", built["python_abi"], node["python_abi"],
+        "Triton's key hashes libtriton.so, which differs per CPython minor: build with the node's Python")
+    cmp("triton_version", built["triton_version"], node["triton_version"], "build with the node's Triton wheel")
+    cmp("triton_key", built["triton_key_sha256"][:16], node["triton_key_sha256"][:16],
+        "a different Triton build (wheel, index or source): build with the node's exact Triton")
+    cmp(f"compiler backend (sm{arch})", built["backend_hash_sha256"].get(str(arch), "?")[:16],
+        node["backend_hash_sha256"].get(str(arch), "?")[:16], "ptxas differs (TRITON_PTXAS_PATH or another Triton)")
+    for var in sorted(set(built["key_env"]) | set(node["key_env"])):
+        cmp(f"env {var}", built["key_env"].get(var, "<unset>"), node["key_env"].get(var, "<unset>"),
+            "this variable enters Triton's cache key: set it identically (unset is not the same as 0)")
+    try:
+        eng = detect_engine(manifest["engine"]["name"]).to_dict()
+        cmp(f"engine {eng['name']} version", manifest["engine"]["version"], eng["version"],
+            "install the engine version the bundle was built with")
+        cmp(f"engine {eng['name']} sources", manifest["engine"]["source_sha256"][:16], eng["source_sha256"][:16],
+            "kernel source text and line numbers are in the key: use the identical engine build")
+    except BadInput as err:
+        out.append(Mismatch(f"engine {manifest['engine']['name']}", manifest["engine"]["version"], "not installed", str(err)))
+    if gpu is not None:
+        cmp("GPU compute capability", ".".join(map(str, target["capability"])), ".".join(map(str, gpu["capability"])),
+            "build for this node's arch (--gpu)")
+        if manifest["plan"].get("sm_count_sensitive"):
+            cmp("GPU SM count", target["num_sms"], gpu["num_sms"], "the plan depends on the SM count: --gpu/--num-sms")
+        if gpu.get("smem_optin") is not None:
+            cmp("GPU shared memory per block (opt-in)", target["smem_optin"], gpu["smem_optin"],
+                "kernel config lists depend on it: build for this GPU's profile")
+    return out
+
+
+def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) -> VerifyReport:
+    import time
+
+    start = time.monotonic()
+    manifest = read_bundle(bundle)
+    bundle_sha = hashlib.sha256(Path(bundle).read_bytes()).hexdigest()
+    if installed_manifest(dest, bundle_sha) is None:
+        raise BadInput(f"{bundle} is not installed in {dest}: run `aotwarm install {bundle} --dir {dest}` first")
+    gpu = _gpu_facts()
+    report = VerifyReport(preflight=preflight(manifest, gpu))
+    if report.preflight:
+        first = report.preflight[0]
+        err = Incompatible(f"bundle cannot hit on this node: {first.line()}"
+                           + (f" (+{len(report.preflight) - 1} more)" if len(report.preflight) > 1 else ""))
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    plan = Plan.from_dict(manifest["plan"])
+    planned = set(plan.probe.get("jit_keys", []))
+    unplanned: set[str] = set()
+
+    def collect(res: dict) -> None:
+        report.items += 1
+        if not res["ok"]:
+            report.failed_items.append(f"{res['id']}: {res['error']}")
+        for c in res.get("compiles", []):
+            if c["cache_hit"]:
+                report.hits += 1
+            else:
+                report.misses.append({"item": res["id"], **c})
+        report.benchmarks += len(res.get("benchmarks", []))
+        report.c_builds += len(res.get("c_builds", []))
+        unplanned.update(k for k in res.get("jit_keys", []) if k not in planned)
+        if on_result:
+            on_result(res)
+
+    env = {**os.environ, **engine_env(dest)}
+    with _tmpdir() as logs:
+        opts = PoolOptions(mode="replay", target_json=json.dumps(manifest["target"]), jobs=1, env=env,
+                           log_dir=Path(logs), item_timeout=timeout, keep_going=True)
+        run_tasks([Task(i.id, i.op, i.params) for i in plan.items], opts, collect)
+    report.unplanned_keys = sorted(unplanned)
+    report.seconds = round(time.monotonic() - start, 1)
+    return report
+
+
+def _tmpdir():
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix="aotwarm-verify-")

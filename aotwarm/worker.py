@@ -1,0 +1,75 @@
+"""Child process that runs work items: ``python -m aotwarm.worker MODE TARGET_JSON``.
+
+Modes:
+  probe   virtual target GPU, key-only: report the JIT keys and autotune keys each item reaches
+  build   virtual target GPU: compile every specialization and autotune config into TRITON_CACHE_DIR
+  replay  the real GPU: run each item with CUDA tensors and report compiles (hit/miss), benchmarks
+
+Protocol: one JSON object per line on stdin (``{"id", "op", "params"}``); one JSON result per line
+on the protocol pipe (the original stdout; the engine's own prints go to stderr).  The parent
+decides what a dead or hung worker means.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+
+def _protocol_stream():
+    """Keep the real stdout for results; send everything else printed to stderr."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return proto
+
+
+def main(argv: list[str]) -> int:
+    mode, target_json = argv[0], argv[1]
+    if mode not in ("probe", "build", "replay"):
+        print(f"unknown worker mode {mode}", file=sys.stderr)
+        return 2
+    proto = _protocol_stream()
+    device_name = "cuda"
+    vdev = None
+    if mode in ("probe", "build"):
+        from .device import VirtualDevice
+        from .targets import Target
+
+        vdev = VirtualDevice(Target.from_dict(json.loads(target_json))).install()
+        device_name = "cpu"
+    from .engines import resolve_op
+    from .observe import Observer
+
+    observer = Observer(key_only=(mode == "probe")).install()
+    proto.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        task = json.loads(line)
+        start = time.monotonic()
+        result: dict = {"id": task["id"], "ok": True, "error": None}
+        try:
+            resolve_op(task["op"])(task["params"], device_name)
+            if mode == "replay":
+                import torch
+
+                torch.cuda.synchronize()
+        except Exception as err:  # reported per item; the parent decides
+            result["ok"] = False
+            result["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+            traceback.print_exc(file=sys.stderr)
+        result["seconds"] = round(time.monotonic() - start, 3)
+        result.update(observer.take())
+        if vdev is not None:
+            result["autotune"] = [r.__dict__ for r in vdev.autotune_records]
+            vdev.autotune_records.clear()
+        proto.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
