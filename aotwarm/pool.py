@@ -50,6 +50,7 @@ class PoolOptions:
     python: str = sys.executable
     keep_going: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    worker_module: str = "aotwarm.worker"  # any module speaking the same protocol (tests use a crashing one)
 
 
 def run_tasks(tasks: Iterable[Task], opts: PoolOptions, on_result: Callable[[dict], None]) -> None:
@@ -69,7 +70,7 @@ def run_tasks(tasks: Iterable[Task], opts: PoolOptions, on_result: Callable[[dic
         counter[0] += 1
         log_path = opts.log_dir / f"worker-{counter[0]}.log"
         log = open(log_path, "ab")
-        proc = subprocess.Popen([opts.python, "-m", "aotwarm.worker", opts.mode, opts.target_json],
+        proc = subprocess.Popen([opts.python, "-m", opts.worker_module, opts.mode, opts.target_json],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                 env={**opts.env, **opts.extra_env}, start_new_session=True)
         log.close()

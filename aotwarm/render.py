@@ -105,10 +105,11 @@ def verify_tables(report) -> list:
         return out
     s = Table(title="Verify " + ("PASSED: zero compiles" if report.passed else "FAILED"))
     for col in ("work items", "failed", "cache hits", "compiles (misses)", "autotune benchmarks", "C compiler runs",
-                "JIT keys outside the plan", "seconds"):
+                "JIT keys outside the plan", "bundle entries unused", "seconds"):
         s.add_column(col, justify="right")
     s.add_row(*map(str, (report.items, len(report.failed_items), report.hits, len(report.misses), report.benchmarks,
-                         report.c_builds, len(report.unplanned_keys), report.seconds)))
+                         report.c_builds, len(report.unplanned_keys),
+                         f"{len(report.unused_entries)}/{report.bundle_entries}", report.seconds)))
     out.append(s)
     if report.misses:
         m = Table(title="Misses")

@@ -41,6 +41,8 @@ class VerifyReport:
     benchmarks: int = 0
     c_builds: int = 0
     unplanned_keys: list[str] = field(default_factory=list)
+    bundle_entries: int = 0
+    unused_entries: list[str] = field(default_factory=list)  # "kernel-name ENTRY" never loaded by the replay
     seconds: float = 0.0
 
     @property
@@ -127,6 +129,7 @@ def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) ->
     plan = Plan.from_dict(manifest["plan"])
     planned = set(plan.probe.get("jit_keys", []))
     unplanned: set[str] = set()
+    hit_entries: set[str] = set()
 
     def collect(res: dict) -> None:
         report.items += 1
@@ -135,6 +138,7 @@ def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) ->
         for c in res.get("compiles", []):
             if c["cache_hit"]:
                 report.hits += 1
+                hit_entries.add(c["entry"])
             else:
                 report.misses.append({"item": res["id"], **c})
         report.benchmarks += len(res.get("benchmarks", []))
@@ -149,6 +153,14 @@ def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) ->
                            log_dir=Path(logs), item_timeout=timeout, keep_going=True)
         run_tasks([Task(i.id, i.op, i.params) for i in plan.items], opts, collect)
     report.unplanned_keys = sorted(unplanned)
+    used = {m["entry"] for m in report.misses} | hit_entries
+    bundle_entries: dict[str, str] = {}
+    for f in manifest["files"]:
+        parts = f["path"].split("/")
+        if len(parts) == 3 and parts[2].startswith("__grp__"):
+            bundle_entries[parts[1]] = parts[2][len("__grp__"):-len(".json")]
+    report.bundle_entries = len(bundle_entries)
+    report.unused_entries = sorted(f"{name} {entry}" for entry, name in bundle_entries.items() if entry not in used)
     report.seconds = round(time.monotonic() - start, 1)
     return report
 

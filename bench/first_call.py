@@ -1,0 +1,107 @@
+"""First-call wall time of a bundle's planned work on a GPU node, in fresh processes.
+
+    python bench/first_call.py BUNDLE [--json OUT.json]
+
+Conditions, each a fresh Python process that runs every work item of the bundle's plan once with
+real tensors on the GPU (timing covers the calls, not the imports):
+  empty   an empty TRITON_CACHE_DIR: everything is compiled and autotuned on the node
+  bundle  the bundle installed into a fresh directory (what aotwarm ships)
+  warm    the cache the 'empty' run filled, used again (the floor: nothing left to compile or tune)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(plan_path: str, cache_dir: str) -> None:
+    os.environ["TRITON_CACHE_DIR"] = cache_dir
+    os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
+    sys.path.insert(0, str(ROOT))
+    from aotwarm.engines import resolve_op
+    from aotwarm.observe import Observer
+
+    plan = json.loads(Path(plan_path).read_text())
+    import torch
+
+    obs = Observer().install()
+    for item in plan["items"]:  # import the engine's modules outside the timed region
+        resolve_op(item["op"])
+    __import__("fla.ops.gated_delta_rule")
+    __import__("fla.modules.fused_norm_gate")
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    per_item = {}
+    for item in plan["items"]:
+        t0 = time.perf_counter()
+        resolve_op(item["op"])(item["params"], "cuda")
+        torch.cuda.synchronize()
+        per_item[item["id"]] = round(time.perf_counter() - t0, 3)
+    total = time.perf_counter() - start
+    seen = obs.take()
+    print(json.dumps({"seconds": round(total, 3), "per_item": per_item,
+                      "compiles": sum(not c["cache_hit"] for c in seen["compiles"]),
+                      "hits": sum(c["cache_hit"] for c in seen["compiles"]),
+                      "benchmarks": len(seen["benchmarks"]), "c_builds": len(seen["c_builds"])}))
+
+
+def run_child(plan_path: Path, cache_dir: Path) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", str(plan_path), str(cache_dir)],
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bundle", nargs="?")
+    ap.add_argument("--json", dest="out")
+    ap.add_argument("--child", nargs=2)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from aotwarm.bundle import read_manifest
+    from aotwarm.install import install
+
+    manifest = read_manifest(Path(args.bundle))
+    with tempfile.TemporaryDirectory(prefix="aotwarm-bench-") as tmp:
+        tmp = Path(tmp)
+        plan_path = tmp / "plan.json"
+        plan_path.write_text(json.dumps(manifest["plan"]))
+        results = {}
+        empty = tmp / "empty-cache"
+        results["empty"] = run_child(plan_path, empty)
+        node = tmp / "node" / "dir"
+        install(Path(args.bundle), node)
+        results["bundle"] = run_child(plan_path, node / "triton")
+        results["warm"] = run_child(plan_path, empty)
+    out = {"device": torch.cuda.get_device_name(0), "items": len(manifest["plan"]["items"]),
+           "plan_hash": manifest["plan_hash"], "results": results,
+           "ratio_empty_over_bundle": round(results["empty"]["seconds"] / results["bundle"]["seconds"], 2),
+           "ratio_bundle_over_warm": round(results["bundle"]["seconds"] / results["warm"]["seconds"], 2)}
+    print("| condition | first-call seconds | compiles | cache hits | autotune benchmarks | C compiler runs |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in ("empty", "bundle", "warm"):
+        r = results[name]
+        print(f"| {name} | {r['seconds']} | {r['compiles']} | {r['hits']} | {r['benchmarks']} | {r['c_builds']} |")
+    print(f"empty/bundle = {out['ratio_empty_over_bundle']}x, bundle/warm = {out['ratio_bundle_over_warm']}x on {out['device']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
