@@ -61,8 +61,8 @@ class BuildResult:
             "resumed_items": sum(o.resumed for o in self.outcomes),
             "kernels": len({k for o in ok for k in o.kernels}),
             "autotune_keys": (self.manifest or {}).get("plan", {}).get("probe", {}).get("autotune_keys", 0),
-            "compiled": sum(o.compiled for o in ok),
-            "cache_hits": sum(o.hits for o in ok),
+            "compiled": sum(o.compiled for o in ok if not o.resumed),  # in this run
+            "cache_hits": sum(o.hits for o in ok if not o.resumed),
             "cache_entries": len(self.entries),
             "planned_jit_keys": len((self.manifest or {}).get("plan", {}).get("probe", {}).get("jit_keys", [])),
             "seconds": round(self.seconds, 1),

@@ -1,0 +1,171 @@
+"""Bundle format and install: determinism, integrity, hostile members, relocation, idempotence."""
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from aotwarm.bundle import CACHE_PLACEHOLDER, collect_entries, read_bundle, write_bundle
+from aotwarm.errors import BadInput
+from aotwarm.install import install
+from tests.conftest import ENTRY_A, ENTRY_B
+
+
+def make_bundle(fake_cache, base_manifest, path):
+    root, names = fake_cache
+    return write_bundle(path, base_manifest, collect_entries(root, names))
+
+
+def test_group_files_are_normalized_and_bundle_is_deterministic(tmp_path, fake_cache, base_manifest):
+    m1 = make_bundle(fake_cache, base_manifest, tmp_path / "a.tar.zst")
+    m2 = make_bundle(fake_cache, base_manifest, tmp_path / "b.tar.zst")
+    assert (tmp_path / "a.tar.zst").read_bytes() == (tmp_path / "b.tar.zst").read_bytes()
+    assert m1 == m2 and len(m1["files"]) == 7
+    seen = {}
+    read_bundle(tmp_path / "a.tar.zst", sink=lambda n, d: seen.__setitem__(n, d))
+    grp = json.loads(seen[f"triton/{ENTRY_A}/__grp__kern_a.json"])
+    assert all(p.startswith(CACHE_PLACEHOLDER + "/" + ENTRY_A + "/") for p in grp["child_paths"].values())
+    assert str(fake_cache[0]) not in json.dumps(m1)  # no builder path leaks into the manifest
+
+
+def test_install_relocates_every_group_file_and_is_idempotent(tmp_path, fake_cache, base_manifest):
+    bundle = tmp_path / "b.tar.zst"
+    make_bundle(fake_cache, base_manifest, bundle)
+    dest = tmp_path / "node" / "other"
+    res = install(bundle, dest)
+    assert res.entries_added == 2 and res.files == 7
+    for grp in (dest / "triton").glob("*/__grp__*.json"):
+        for child, p in json.loads(grp.read_text())["child_paths"].items():
+            assert p == str(dest.resolve() / "triton" / grp.parent.name / child) and Path(p).is_file()
+    again = install(bundle, dest)
+    assert again.entries_added == 0 and again.entries_present == 2
+    assert not [p for p in dest.iterdir() if p.name.startswith(".aotwarm-install-")]
+    assert res.env()["TRITON_CACHE_DIR"] == str(dest.resolve() / "triton")
+
+
+def test_install_keeps_entries_of_another_bundle(tmp_path, fake_cache, base_manifest):
+    from tests.conftest import make_fake_cache
+
+    other_root = tmp_path / "other-cache"
+    names = make_fake_cache(other_root, {"C" * 52: {"kern_c.cubin": b"c", "kern_c.json": b"{}"}})
+    write_bundle(tmp_path / "other.tar.zst", base_manifest, collect_entries(other_root.resolve(), names))
+    make_bundle(fake_cache, base_manifest, tmp_path / "b.tar.zst")
+    dest = tmp_path / "dest"
+    install(tmp_path / "other.tar.zst", dest)
+    install(tmp_path / "b.tar.zst", dest)
+    assert sorted(p.name for p in (dest / "triton").iterdir()) == sorted([ENTRY_A, ENTRY_B, "C" * 52])
+
+
+def test_read_only_destination_is_a_clear_error_and_writes_nothing(tmp_path, fake_cache, base_manifest):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions")
+    bundle = tmp_path / "b.tar.zst"
+    make_bundle(fake_cache, base_manifest, bundle)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    with pytest.raises(BadInput, match="cannot create|not writable"):
+        install(bundle, ro / "dest")
+    assert list(ro.iterdir()) == []
+
+
+def test_destination_that_is_a_file_is_a_clear_error(tmp_path, fake_cache, base_manifest):
+    bundle = tmp_path / "b.tar.zst"
+    make_bundle(fake_cache, base_manifest, bundle)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BadInput, match="cannot create"):
+        install(bundle, tmp_path / "afile" / "dest")
+
+
+# -- damaged and hostile bundles: rejected before anything is written ----------------------------
+
+def _raw_tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return zstandard.ZstdCompressor(write_checksum=True).compress(buf.getvalue())
+
+
+def _manifest_for(files: dict[str, bytes], base: dict) -> bytes:
+    from aotwarm.bundle import manifest_self_hash
+
+    m = dict(base, format=1, files=[{"path": p, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+                                    for p, d in sorted(files.items())])
+    m["manifest_sha256"] = manifest_self_hash(m)
+    return json.dumps(m).encode()
+
+
+def _info(name, data=b"", type_=tarfile.REGTYPE, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type = type_
+    info.size = len(data) if type_ == tarfile.REGTYPE else 0
+    info.linkname = linkname
+    return info, (data if type_ == tarfile.REGTYPE else None)
+
+
+GOOD = f"triton/{ENTRY_A}/k.cubin"
+
+
+def hostile_cases(base):
+    payload = {GOOD: b"cubin"}
+    man = _manifest_for(payload, base)
+    ok = [_info("manifest.json", man), _info(GOOD, b"cubin")]
+    cases = {
+        "dotdot": ok + [_info(f"triton/{ENTRY_A}/../../../etc/x", b"x")],
+        "absolute": ok + [_info("/etc/passwd", b"x")],
+        "symlink": ok + [_info(f"triton/{ENTRY_A}/link", type_=tarfile.SYMTYPE, linkname="/etc/passwd")],
+        "hardlink": ok + [_info(f"triton/{ENTRY_A}/hard", type_=tarfile.LNKTYPE, linkname="/etc/passwd")],
+        "device": ok + [_info(f"triton/{ENTRY_A}/dev", type_=tarfile.CHRTYPE)],
+        "fifo": ok + [_info(f"triton/{ENTRY_A}/fifo", type_=tarfile.FIFOTYPE)],
+        "duplicate": ok + [_info(GOOD, b"cubin")],
+        "unlisted": ok + [_info(f"triton/{ENTRY_A}/extra.bin", b"x")],
+        "wrong-size": [_info("manifest.json", man), _info(GOOD, b"cubin-but-much-longer")],
+        "swapped-content": [_info("manifest.json", man), _info(GOOD, b"CUBIN")],
+        "missing-file": [_info("manifest.json", man)],
+        "manifest-not-first": [_info(GOOD, b"cubin"), _info("manifest.json", man)],
+        "future-format": [_info("manifest.json", _manifest_for(payload, base).replace(b'"format": 1', b'"format": 99')),
+                          _info(GOOD, b"cubin")],
+        "manifest-edited": [_info("manifest.json", man.replace(b'"aotwarm_version": "test"', b'"aotwarm_version": "evil"')),
+                            _info(GOOD, b"cubin")],
+    }
+    return {k: _raw_tar(v) for k, v in cases.items()}
+
+
+@pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink", "hardlink", "device", "fifo", "duplicate",
+                                  "unlisted", "wrong-size", "swapped-content", "missing-file",
+                                  "manifest-not-first", "future-format", "manifest-edited"])
+def test_hostile_bundle_rejected_before_writing(tmp_path, base_manifest, case):
+    bundle = tmp_path / f"{case}.tar.zst"
+    bundle.write_bytes(hostile_cases(base_manifest)[case])
+    dest = tmp_path / "dest"
+    with pytest.raises(BadInput):
+        install(bundle, dest)
+    assert not dest.exists()
+
+
+def test_truncated_and_flipped_bundles_rejected(tmp_path, fake_cache, base_manifest):
+    good = tmp_path / "good.tar.zst"
+    make_bundle(fake_cache, base_manifest, good)
+    data = good.read_bytes()
+    for i, bad in enumerate([data[: len(data) // 2], data[:-5]] +
+                            [data[:k] + bytes([data[k] ^ 0x40]) + data[k + 1:] for k in range(8, len(data), max(1, len(data) // 25))]):
+        p = tmp_path / f"bad{i}.tar.zst"
+        p.write_bytes(bad)
+        with pytest.raises(BadInput):
+            install(p, tmp_path / f"dest{i}")
+        assert not (tmp_path / f"dest{i}").exists()
+
+
+def test_not_a_bundle(tmp_path):
+    p = tmp_path / "x.tar.zst"
+    p.write_bytes(b"hello")
+    with pytest.raises(BadInput, match="not an aotwarm bundle|corrupt"):
+        read_bundle(p)
+    with pytest.raises(BadInput, match="cannot read bundle"):
+        read_bundle(tmp_path / "missing.tar.zst")
