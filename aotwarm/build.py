@@ -124,7 +124,7 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
             on_result(outcome)
 
     env = {**os.environ, "TRITON_CACHE_DIR": str(cache_root), "TRITON_STORE_BINARY_ONLY": "1",
-           "CUDA_VISIBLE_DEVICES": ""}
+           "CUDA_VISIBLE_DEVICES": "", "AOTWARM_COMPILE_LOCK_DIR": str(work_dir / "locks")}
     if pending:
         opts = PoolOptions(mode="build", target_json=json.dumps(plan.target), jobs=jobs, env=env,
                            log_dir=work_dir / "logs", item_timeout=item_timeout, keep_going=keep_going)

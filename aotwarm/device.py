@@ -146,10 +146,18 @@ class VirtualDevice:
     """Install/uninstall the virtual target GPU in this process.
 
     ``autotune_records`` lists every autotune key reached while installed.
+
+    Several build workers often reach the same compile keys (every prefill item reaches the same
+    chunk kernels).  With ``lock_dir`` set, a compile takes an exclusive lock named after its
+    cache-key hash, so a second worker waits and then hits the first one's entry instead of
+    compiling it again; ``rotate`` starts each worker's walk over an autotune key's configs at a
+    different config, so workers on the same key compile different configs side by side.
     """
 
-    def __init__(self, target: Target):
+    def __init__(self, target: Target, lock_dir: str | None = None, rotate: int = 0):
         self.target = target
+        self.lock_dir = lock_dir
+        self.rotate = rotate
         self.autotune_records: list[AutotuneRecord] = []
         self._saved: list[tuple[Any, str, Any]] = []
         self._installed = False
@@ -206,6 +214,10 @@ class VirtualDevice:
 
         self._patch(JITFunction, "run", compile_instead_of_launch)
         self._patch(Autotuner, "run", self._make_autotune_run(Autotuner))
+        if self.lock_dir:
+            import triton.compiler as triton_compiler
+
+            self._patch(triton_compiler, "compile", _locked_compile(triton_compiler.compile, self.lock_dir))
         self._installed = True
         return self
 
@@ -244,7 +256,8 @@ class VirtualDevice:
                 key, configs = [], list(tuner.configs)
             record = AutotuneRecord(name, [_jsonable(k) for k in key], [str(c) for c in configs])
             ret = None
-            for config in configs:
+            start = self.rotate % len(configs) if configs else 0
+            for config in configs[start:] + configs[:start]:
                 try:
                     ret = tuner.fn.run(*args, **kwargs, **config.all_kwargs())
                 except (OutOfResources, PTXASError, CompilationError) as err:
@@ -255,6 +268,32 @@ class VirtualDevice:
             return ret
 
         return run
+
+
+def _locked_compile(compile_fn: Callable[..., Any], lock_dir: str) -> Callable[..., Any]:
+    """Wrap ``triton.compile`` so one process at a time compiles a given cache key."""
+    import fcntl
+    import hashlib
+    import os
+
+    from triton._C.libtriton import get_cache_invalidating_env_vars
+    from triton.compiler.compiler import get_cache_key, make_backend
+
+    os.makedirs(lock_dir, exist_ok=True)
+
+    def compile(src: Any, target: Any = None, options: Any = None, _env_vars: Any = None):
+        backend = make_backend(target)
+        parsed = backend.parse_options(dict(options or {}, **src.parse_options()))
+        env_vars = get_cache_invalidating_env_vars() if _env_vars is None else _env_vars
+        key = hashlib.sha256(get_cache_key(src, backend, parsed, env_vars=env_vars).encode()).hexdigest()
+        with open(os.path.join(lock_dir, key[:32] + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return compile_fn(src, target=target, options=options, _env_vars=_env_vars)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    return compile
 
 
 def _base_name(tuner: Any) -> str:

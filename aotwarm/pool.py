@@ -72,7 +72,8 @@ def run_tasks(tasks: Iterable[Task], opts: PoolOptions, on_result: Callable[[dic
         log = open(log_path, "ab")
         proc = subprocess.Popen([opts.python, "-m", opts.worker_module, opts.mode, opts.target_json],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                env={**opts.env, **opts.extra_env}, start_new_session=True)
+                                env={**opts.env, **opts.extra_env, "AOTWARM_WORKER_INDEX": str(counter[0])},
+                                start_new_session=True)
         log.close()
         w = _Worker(proc, log_path, started=time.monotonic())
         sel.register(proc.stdout, selectors.EVENT_READ, w)

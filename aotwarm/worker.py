@@ -39,7 +39,9 @@ def main(argv: list[str]) -> int:
         from .device import VirtualDevice
         from .targets import Target
 
-        vdev = VirtualDevice(Target.from_dict(json.loads(target_json))).install()
+        lock_dir = os.environ.get("AOTWARM_COMPILE_LOCK_DIR") if mode == "build" else None
+        rotate = int(os.environ.get("AOTWARM_WORKER_INDEX", "0"))
+        vdev = VirtualDevice(Target.from_dict(json.loads(target_json)), lock_dir=lock_dir, rotate=rotate).install()
         device_name = "cpu"
     from .engines import resolve_op
     from .observe import Observer
