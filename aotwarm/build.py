@@ -35,6 +35,18 @@ class ItemOutcome:
     kernels: list[str] = field(default_factory=list)
     seconds: float = 0.0
     resumed: bool = False
+    launchers: list[str] = field(default_factory=list)
+    autotune: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class BuildOptions:
+    """What goes into the bundle besides compiled kernels."""
+
+    launchers: bool = True  # prebuild cuda_utils + one launcher per kernel signature
+    tune: bool = False  # measure autotune results here, on a GPU of the target kind
+    tuning_from: Path | None = None  # reuse measured results from an earlier bundle
+    pin_autotune: str | None = None  # "first": pin the engine's first config, unmeasured
 
 
 @dataclass
@@ -44,6 +56,8 @@ class BuildResult:
     outcomes: list[ItemOutcome]
     seconds: float
     work_dir: Path
+    autotune: list = field(default_factory=list)
+    launcher_note: str = ""
 
     @property
     def failed(self) -> list[ItemOutcome]:
@@ -52,6 +66,10 @@ class BuildResult:
     @property
     def entries(self) -> set[str]:
         return {e for o in self.outcomes if o.ok for e in o.entries}
+
+    @property
+    def launcher_entries(self) -> set[str]:
+        return {e for o in self.outcomes if o.ok for e in o.launchers}
 
     def summary(self) -> dict:
         ok = [o for o in self.outcomes if o.ok]
@@ -65,6 +83,9 @@ class BuildResult:
             "cache_hits": sum(o.hits for o in ok if not o.resumed),
             "cache_entries": len(self.entries),
             "planned_jit_keys": len((self.manifest or {}).get("plan", {}).get("probe", {}).get("jit_keys", [])),
+            "launchers": len(self.launcher_entries),
+            "autotune_shipped": sum(r.provenance != "node" for r in self.autotune),
+            "autotune_left_to_node": sum(r.provenance == "node" for r in self.autotune),
             "seconds": round(self.seconds, 1),
         }
 
@@ -73,19 +94,20 @@ def default_work_dir(output: Path, plan: Plan) -> Path:
     return output.parent / ".aotwarm-work" / plan.hash[:16]
 
 
-def _state_path(work_dir: Path) -> Path:
-    return work_dir / "done.json"
+def _state_path(work_dir: Path, launchers: bool) -> Path:
+    return work_dir / ("done-with-launchers.json" if launchers else "done.json")
 
 
-def _load_state(work_dir: Path) -> dict[str, dict]:
+def _load_state(work_dir: Path, launchers: bool) -> dict[str, dict]:
     try:
-        return json.loads(_state_path(work_dir).read_text())
+        return json.loads(_state_path(work_dir, launchers).read_text())
     except (OSError, json.JSONDecodeError):
         return {}
 
 
 def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_dir: Path | None = None,
-          item_timeout: float = 1800.0, on_result: Callable[[ItemOutcome], None] | None = None) -> BuildResult:
+          item_timeout: float = 1800.0, on_result: Callable[[ItemOutcome], None] | None = None,
+          options: BuildOptions | None = None, on_phase: Callable[[str], None] | None = None) -> BuildResult:
     """Compile every work item of ``plan`` and write the bundle to ``output``.
 
     Raises BuildIncomplete (exit 1) when an item failed: without ``keep_going`` no bundle is written;
@@ -102,7 +124,16 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
         raise BadInput(f"cannot create {err.filename}: {err.strerror}; choose a writable -o / --work-dir")
     if not os.access(output.parent, os.W_OK):
         raise BadInput(f"output directory {output.parent} is not writable: choose another -o")
-    done = _load_state(work_dir)
+    options = options or BuildOptions()
+    reusable: dict = {}
+    if options.tuning_from:
+        from .autotune import reusable_from_bundle
+
+        reusable, _ = reusable_from_bundle(Path(options.tuning_from))
+    if options.tune:
+        _check_tuning_gpu(plan)
+    launcher_env, launcher_note = _launcher_setup(options.launchers, work_dir)
+    done = _load_state(work_dir, bool(launcher_env))
     outcomes: dict[str, ItemOutcome] = {}
     for item in plan.items:
         if item.id in done:
@@ -115,16 +146,16 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
             id=res["id"], ok=bool(res["ok"]), error=res.get("error"),
             compiled=sum(not c["cache_hit"] for c in compiles), hits=sum(c["cache_hit"] for c in compiles),
             entries=sorted({c["entry"] for c in compiles}), kernels=sorted({c["kernel"] for c in compiles}),
-            seconds=res.get("seconds", 0.0))
+            seconds=res.get("seconds", 0.0), launchers=res.get("launchers", []), autotune=res.get("autotune", []))
         outcomes[outcome.id] = outcome
         if outcome.ok:
             done[outcome.id] = {k: v for k, v in outcome.__dict__.items() if k != "resumed"}
-            atomic_write_text(_state_path(work_dir), json.dumps(done, sort_keys=True))
+            atomic_write_text(_state_path(work_dir, bool(launcher_env)), json.dumps(done, sort_keys=True))
         if on_result:
             on_result(outcome)
 
     env = {**os.environ, "TRITON_CACHE_DIR": str(cache_root), "TRITON_STORE_BINARY_ONLY": "1",
-           "CUDA_VISIBLE_DEVICES": "", "AOTWARM_COMPILE_LOCK_DIR": str(work_dir / "locks")}
+           "CUDA_VISIBLE_DEVICES": "", "AOTWARM_COMPILE_LOCK_DIR": str(work_dir / "locks"), **launcher_env}
     if pending:
         opts = PoolOptions(mode="build", target_json=json.dumps(plan.target), jobs=jobs, env=env,
                            log_dir=work_dir / "logs", item_timeout=item_timeout, keep_going=keep_going)
@@ -136,8 +167,21 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
         first = result.failed[0]
         raise BuildIncomplete(f"work item {first.id} failed: {first.error} ({len(result.failed)} item(s) not built; "
                               f"no bundle written; re-run to resume, or --keep-going to bundle the rest)")
+    result.launcher_note = launcher_note
+    measured, measured_source = {}, {}
+    if options.tune:
+        if on_phase:
+            on_phase("measuring autotune results on this GPU")
+        measured, measured_source = _tune(plan, cache_root, work_dir, result, item_timeout)
+    from .autotune import assemble
+
+    records = [r for o in result.outcomes if o.ok for r in o.autotune]
+    result.autotune = assemble(records, measured, measured_source, reusable, options.pin_autotune)
     manifest = _manifest(plan, result)
-    files = collect_entries(cache_root, result.entries)
+    files = collect_entries(cache_root, result.entries | result.launcher_entries)
+    for r in result.autotune:
+        if r.content is not None:
+            files[f"triton/{r.disk_key}/{r.file_name}"] = r.content
     result.manifest = write_bundle(output, manifest, files)
     result.bundle = output
     result.seconds = time.monotonic() - start
@@ -156,6 +200,7 @@ def _manifest(plan: Plan, result: BuildResult) -> dict:
         raise BadInput(f"the installed {engine['name']} ({engine['version']}) is not the one the plan was made with "
                        f"({plan.engine['version']}): re-run `aotwarm plan`")
     failed = {o.id: o.error for o in result.failed}
+    counts = {p: sum(r.provenance == p for r in result.autotune) for p in ("measured", "reused", "pinned", "node")}
     coverage = []
     for fam in plan.families:
         items = [i for i in plan.items if i.family == fam.family]
@@ -175,9 +220,78 @@ def _manifest(plan: Plan, result: BuildResult) -> dict:
         "coverage": coverage,
         "build": {"work_items": len(result.outcomes), "failed_items": sorted(failed),
                   "cache_entries": len(result.entries), "store_binary_only": True},
-        "triton_cache": {"placeholder": "@AOTWARM_TRITON_CACHE_DIR@", "autotune_results": 0,
-                         "autotune_note": "no autotune results: the node benchmarks each planned autotune key once "
-                                          "(every config is compiled, so it never compiles)",
-                         "launchers": "not included: Triton 3.6 builds cuda_utils and one launcher per kernel "
-                                      "signature with a C compiler on first use"},
+        "triton_cache": {"placeholder": "@AOTWARM_TRITON_CACHE_DIR@"},
+        "autotune": {"results": [r.manifest_entry() for r in result.autotune], "counts": counts},
+        "launchers": {"included": bool(result.launcher_entries), "count": len(result.launcher_entries),
+                      "python_abi": fp.python_abi, "note": result.launcher_note},
     }
+
+
+def _launcher_setup(wanted: bool, work_dir: Path) -> tuple[dict[str, str], str]:
+    """Environment for workers that prebuild launchers, and a note for the manifest."""
+    if not wanted:
+        return {}, "not included: --no-launchers (the node builds them with its C compiler on first use)"
+    from .launchers import LaunchersUnavailable, builder_problem, compiler_wrapper, libcuda_dir
+
+    problem = builder_problem()
+    if problem is None:
+        try:
+            stub = libcuda_dir(work_dir)
+        except LaunchersUnavailable as err:
+            problem = str(err)
+    if problem is not None:
+        return {}, f"not included: {problem}; the node builds them with its C compiler on first use"
+    env = {"AOTWARM_LAUNCHERS": "1", "CC": compiler_wrapper(work_dir)}
+    if stub:
+        env["TRITON_LIBCUDA_PATH"] = stub
+    return env, "cuda_utils and one launcher per kernel signature, built for this Python ABI"
+
+
+def _check_tuning_gpu(plan: Plan) -> None:
+    import torch
+
+    want = plan.target
+    if not torch.cuda.is_available():
+        raise BadInput(f"--tune measures autotune results on a GPU of the target kind ({want['name']}), and none is "
+                       f"visible here: run it on such a node, or use --tuning-from a bundle tuned there")
+    name = torch.cuda.get_device_name(0)
+    if name != want["name"] or list(torch.cuda.get_device_capability(0)) != list(want["capability"]):
+        raise BadInput(f"--tune: this GPU is {name!r}, the plan's target is {want['name']!r}: timings from another "
+                       f"GPU would be shipped as measured for the target; tune on the target GPU")
+
+
+def _tune(plan: Plan, cache_root: Path, work_dir: Path, result: BuildResult, item_timeout: float
+          ) -> tuple[dict[str, bytes], dict]:
+    """Let Triton benchmark every planned autotune key on this GPU; move its results out of the work cache."""
+    import datetime
+    import platform
+
+    import torch
+    import triton
+
+    from .autotune import unique_records
+
+    records = unique_records([r for o in result.outcomes if o.ok for r in o.autotune])
+    env = {**os.environ, "TRITON_CACHE_DIR": str(cache_root), "TRITON_CACHE_AUTOTUNING": "1"}
+    for r in records:  # stale results from an earlier run would be taken as measured now
+        (cache_root / r["disk_key"] / r["file_name"]).unlink(missing_ok=True)
+    errors: list[str] = []
+    opts = PoolOptions(mode="replay", target_json=json.dumps(plan.target), jobs=1, env=env,
+                       log_dir=work_dir / "logs", item_timeout=item_timeout, keep_going=True)
+    run_tasks([Task(i.id, i.op, i.params) for i in plan.items], opts,
+              lambda res: errors.append(f"{res['id']}: {res['error']}") if not res["ok"] else None)
+    if errors:
+        raise BuildIncomplete(f"measuring autotune results failed for {len(errors)} item(s), first: {errors[0]}")
+    measured: dict[str, bytes] = {}
+    for r in records:
+        path = cache_root / r["disk_key"] / r["file_name"]
+        if path.is_file():
+            measured[r["disk_key"]] = path.read_bytes()
+            path.unlink()
+            try:
+                path.parent.rmdir()
+            except OSError:
+                pass
+    source = {"gpu": torch.cuda.get_device_name(0), "triton": triton.__version__, "torch": torch.__version__,
+              "python": platform.python_version(), "date": datetime.date.today().isoformat()}
+    return measured, source

@@ -178,10 +178,18 @@ def _default_output(model: str, target: str) -> Path:
 @click.option("--keep-going", is_flag=True, help="Finish the other items when one fails; bundle what was built.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Where compiled kernels are kept between runs.")
 @click.option("--item-timeout", default=1800, show_default=True, type=click.IntRange(1), help="Seconds allowed per work item.")
+@click.option("--launchers/--no-launchers", default=True, show_default=True,
+              help="Prebuild Triton's host launchers so the node needs no C compiler.")
+@click.option("--tune", is_flag=True, help="Measure autotune results here (needs a GPU of the target kind).")
+@click.option("--tuning-from", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Reuse measured autotune results from an earlier bundle where kernel, configs and key are unchanged.")
+@click.option("--pin-autotune", type=click.Choice(["first"]),
+              help="Ship unmeasured results that pin the engine's first config (recorded as pinned).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def build(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, max_prefill_batch, families, num_sms,
-          jobs, plan_file, output, keep_going, work_dir, item_timeout, as_json) -> None:
+          jobs, plan_file, output, keep_going, work_dir, item_timeout, launchers, tune, tuning_from, pin_autotune,
+          as_json) -> None:
     """Compile every planned kernel in child processes (no GPU needed) and write a bundle."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -215,8 +223,11 @@ def build(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, m
                 err.print(f"[red]failed[/] {outcome.id}: {outcome.error}")
 
         try:
+            options = build_mod.BuildOptions(launchers=launchers, tune=tune, tuning_from=tuning_from,
+                                             pin_autotune=pin_autotune)
             result = build_mod.build(p, output, jobs=jobs, keep_going=keep_going, work_dir=work_dir,
-                                     item_timeout=item_timeout, on_result=tick)
+                                     item_timeout=item_timeout, on_result=tick, options=options,
+                                     on_phase=lambda what: progress.update(task, description=what))
         except BuildIncomplete as e:
             failure = e
             result = getattr(e, "result", None)
@@ -231,6 +242,12 @@ def build(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, m
         for fam in (result.manifest or {}).get("coverage", []):
             for line in fam["uncovered"]:
                 console().print(f"[yellow]not covered[/] ({fam['family']}): {line}")
+        if result.manifest:
+            counts = result.manifest["autotune"]["counts"]
+            console().print(f"autotune results: {counts['measured']} measured, {counts['reused']} reused, "
+                            f"{counts['pinned']} pinned, {counts['node']} left to the node"
+                            + (f" (--tuning-from had no match for {counts['node']})" if tuning_from and counts["node"] else ""))
+            console().print(f"launchers: {result.manifest['launchers']['count']} — {result.manifest['launchers']['note']}")
     if failure:
         raise failure
     sys.exit(EXIT_OK)

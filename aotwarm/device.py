@@ -21,12 +21,21 @@ from .targets import Target
 
 @dataclass
 class AutotuneRecord:
-    """One autotune key the engine reached, with the configs that were compiled for it."""
+    """One autotune key the engine reached, with the configs that were compiled for it.
+
+    ``disk_key`` is the cache entry where Triton's autotuner looks for stored results
+    (``Autotuner.check_disk_cache``); ``identity`` hashes only what makes results reusable
+    across environments: the kernel's source key, the tuning-key values and the config list.
+    """
 
     kernel: str
     key: list
     configs: list[str]
     failed_configs: list[str] = field(default_factory=list)
+    file_name: str = ""
+    disk_key: str = ""
+    identity: str = ""
+    config_dicts: list[dict] = field(default_factory=list)
 
 
 class _VirtualProperties:
@@ -255,6 +264,8 @@ class VirtualDevice:
             else:
                 key, configs = [], list(tuner.configs)
             record = AutotuneRecord(name, [_jsonable(k) for k in key], [str(c) for c in configs])
+            if key:
+                _describe_disk_cache(record, tuner, tuple(key), configs)
             ret = None
             start = self.rotate % len(configs) if configs else 0
             for config in configs[start:] + configs[:start]:
@@ -268,6 +279,37 @@ class VirtualDevice:
             return ret
 
         return run
+
+
+def _describe_disk_cache(record: AutotuneRecord, tuner: Any, tuning_key: tuple, configs: list) -> None:
+    """Fill in where Triton's autotuner stores results for this key, computed as it does."""
+    import base64
+    import hashlib
+
+    from triton._C.libtriton import get_cache_invalidating_env_vars
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.cache import triton_key
+    from triton.runtime.driver import driver
+    from triton.runtime.jit import JITFunction
+
+    fn = tuner.fn
+    while not isinstance(fn, JITFunction):
+        fn = fn.fn
+    env_vars = get_cache_invalidating_env_vars()
+    parts = [triton_key(), make_backend(driver.active.get_current_target()).hash(), fn.cache_key,
+             str(sorted(env_vars.items())), str(tuning_key)] + [str(c) for c in configs]
+    digest = hashlib.sha256("-".join(parts).encode("utf-8")).hexdigest()
+    record.disk_key = base64.b32encode(bytes.fromhex(digest)).decode().rstrip("=")
+    record.file_name = f"{fn.__name__[:150]}.autotune.json"
+    ident = "-".join([fn.cache_key, str(tuning_key)] + [str(c) for c in configs])
+    record.identity = hashlib.sha256(ident.encode()).hexdigest()
+    record.config_dicts = [_config_dict(c) for c in configs]
+
+
+def _config_dict(config: Any) -> dict:
+    """``Config.__dict__`` as Triton writes it in ``configs_timings`` (JSON-safe)."""
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None), dict, list)) else str(v))
+            for k, v in config.__dict__.items()}
 
 
 def _locked_compile(compile_fn: Callable[..., Any], lock_dir: str) -> Callable[..., Any]:

@@ -29,7 +29,9 @@ class Observer:
     """Collects compile events, JIT keys, autotune benchmarks and C compiler runs in this process."""
 
     key_only: bool = False
+    keep_sources: bool = False  # keep (src, metadata) of each compile, for building launchers
     compiles: list[CompileEvent] = field(default_factory=list)
+    sources: list[tuple[Any, dict]] = field(default_factory=list)
     jit_keys: set[tuple[str, str]] = field(default_factory=set)
     benchmarks: list[str] = field(default_factory=list)
     c_builds: list[str] = field(default_factory=list)
@@ -65,6 +67,8 @@ class Observer:
         signature = str(getattr(src, "signature", ""))
         constexprs = str(getattr(src, "constants", ""))
         self.compiles.append(CompileEvent(metadata.get("name", "?"), bool(cache_hit), entry, signature, constexprs))
+        if self.keep_sources:
+            self.sources.append((src, metadata))
 
     def _on_jit_miss(self, *, key: Any, repr: Any, fn: Any, compile: Any, is_manual_warmup: bool,
                      already_compiled: bool) -> bool:
@@ -80,6 +84,7 @@ class Observer:
             "c_builds": list(self.c_builds),
         }
         self.compiles.clear()
+        self.sources.clear()
         self.jit_keys.clear()
         self.benchmarks.clear()
         self.c_builds.clear()

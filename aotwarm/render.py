@@ -55,11 +55,13 @@ def plan_tables(plan) -> list:
 def build_table(summary: dict, bundle: str | None) -> Table:
     t = Table(title=f"Build {'→ ' + bundle if bundle else '(no bundle written)'}")
     for col in ("work items", "failed", "resumed", "kernels", "autotune keys", "JIT keys planned",
-                "compiled", "cache hits", "cache entries", "seconds"):
+                "compiled", "cache hits", "cache entries", "autotune shipped", "launchers", "seconds"):
         t.add_column(col, justify="right")
     s = summary
     t.add_row(*map(str, (s["work_items"], s["failed_items"], s["resumed_items"], s["kernels"], s["autotune_keys"],
-                         s["planned_jit_keys"], s["compiled"], s["cache_hits"], s["cache_entries"], s["seconds"])))
+                         s["planned_jit_keys"], s["compiled"], s["cache_hits"], s["cache_entries"],
+                         f"{s['autotune_shipped']}/{s['autotune_shipped'] + s['autotune_left_to_node']}",
+                         s["launchers"], s["seconds"])))
     return t
 
 
@@ -80,8 +82,8 @@ def inspect_tables(manifest: dict, path: str) -> list:
         ("key env vars", ", ".join(f"{k}={v}" for k, v in fp["key_env"].items()) or "none set"),
         ("plan", manifest["plan_hash"][:16]),
         ("files", f"{len(manifest['files'])} ({size / 2**20:.1f} MiB), {manifest['build']['cache_entries']} cache entries"),
-        ("autotune results", f"{manifest['triton_cache']['autotune_results']} — {manifest['triton_cache']['autotune_note']}"),
-        ("launchers", manifest["triton_cache"]["launchers"]),
+        ("autotune results", _autotune_line(manifest["autotune"]["counts"])),
+        ("launchers", f"{manifest['launchers']['count']} ({manifest['launchers']['python_abi']}) — {manifest['launchers']['note']}"),
     ]
     for r in rows:
         head.add_row(*r)
@@ -91,6 +93,13 @@ def inspect_tables(manifest: dict, path: str) -> list:
     for c in manifest["coverage"]:
         cov.add_row(c["family"], c["status"], str(c["work_items"]), c["summary"], "\n".join(c["uncovered"]) or "-")
     return [head, cov]
+
+
+def _autotune_line(c: dict) -> str:
+    line = f"{c['measured']} measured, {c['reused']} reused, {c['pinned']} pinned, {c['node']} left to the node"
+    if c["node"]:
+        line += " (the node benchmarks those keys once; every config is compiled, so it never compiles)"
+    return line
 
 
 def verify_tables(report) -> list:
@@ -103,7 +112,9 @@ def verify_tables(report) -> list:
             t.add_row(m.field, m.bundle, m.node, m.hint)
         out.append(t)
         return out
-    s = Table(title="Verify " + ("PASSED: zero compiles" if report.passed else "FAILED"))
+    title = "PASSED: zero compiles" + (", zero autotune benchmarks" if report.expect_no_benchmarks else "") + \
+        (", zero C compiler runs" if report.expect_no_c_builds else "")
+    s = Table(title="Verify " + (title if report.passed else "FAILED"))
     for col in ("work items", "failed", "cache hits", "compiles (misses)", "autotune benchmarks", "C compiler runs",
                 "JIT keys outside the plan", "bundle entries unused", "seconds"):
         s.add_column(col, justify="right")

@@ -45,9 +45,14 @@ class VerifyReport:
     unused_entries: list[str] = field(default_factory=list)  # "kernel-name ENTRY" never loaded by the replay
     seconds: float = 0.0
 
+    expect_no_benchmarks: bool = False  # the bundle ships results for every planned autotune key
+    expect_no_c_builds: bool = False  # the bundle ships the launchers
+
     @property
     def passed(self) -> bool:
-        return not self.preflight and not self.misses and not self.failed_items
+        return (not self.preflight and not self.misses and not self.failed_items
+                and not (self.expect_no_benchmarks and self.benchmarks)
+                and not (self.expect_no_c_builds and self.c_builds))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -147,7 +152,12 @@ def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) ->
         if on_result:
             on_result(res)
 
+    counts = manifest["autotune"]["counts"]
+    report.expect_no_benchmarks = counts["node"] == 0
+    report.expect_no_c_builds = manifest["launchers"]["included"]
     env = {**os.environ, **engine_env(dest)}
+    if report.expect_no_c_builds:
+        env["CC"] = _failing_program()  # any launcher the bundle lacks would fail loudly, not build quietly
     with _tmpdir() as logs:
         opts = PoolOptions(mode="replay", target_json=json.dumps(manifest["target"]), jobs=1, env=env,
                            log_dir=Path(logs), item_timeout=timeout, keep_going=True)
@@ -163,6 +173,12 @@ def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) ->
     report.unused_entries = sorted(f"{name} {entry}" for entry, name in bundle_entries.items() if entry not in used)
     report.seconds = round(time.monotonic() - start, 1)
     return report
+
+
+def _failing_program() -> str:
+    import shutil
+
+    return shutil.which("false") or "/bin/false"
 
 
 def _tmpdir():

@@ -46,7 +46,12 @@ def main(argv: list[str]) -> int:
     from .engines import resolve_op
     from .observe import Observer
 
-    observer = Observer(key_only=(mode == "probe")).install()
+    launchers = None
+    if mode == "build" and os.environ.get("AOTWARM_LAUNCHERS") == "1":
+        from .launchers import LauncherBuilder
+
+        launchers = LauncherBuilder.create()
+    observer = Observer(key_only=(mode == "probe"), keep_sources=launchers is not None).install()
     proto.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     for line in sys.stdin:
         if not line.strip():
@@ -64,6 +69,14 @@ def main(argv: list[str]) -> int:
             result["ok"] = False
             result["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:500]
             traceback.print_exc(file=sys.stderr)
+        if launchers is not None and result["ok"]:
+            try:
+                entries = {launchers.cuda_utils()} | {launchers.launcher(src, md) for src, md in observer.sources}
+                result["launchers"] = sorted(entries)
+            except Exception as err:
+                result["ok"] = False
+                result["error"] = f"building launchers failed: {type(err).__name__}: {err}".splitlines()[0][:500]
+                traceback.print_exc(file=sys.stderr)
         result["seconds"] = round(time.monotonic() - start, 3)
         result.update(observer.take())
         if vdev is not None:

@@ -1,11 +1,12 @@
 """First-call wall time of a bundle's planned work on a GPU node, in fresh processes.
 
-    python bench/first_call.py BUNDLE [--json OUT.json]
+    python bench/first_call.py FULL_BUNDLE [--bare BARE_BUNDLE] [--json OUT.json]
 
 Conditions, each a fresh Python process that runs every work item of the bundle's plan once with
 real tensors on the GPU (timing covers the calls, not the imports):
   empty   an empty TRITON_CACHE_DIR: everything is compiled and autotuned on the node
-  bundle  the bundle installed into a fresh directory (what aotwarm ships)
+  bare    BARE_BUNDLE installed fresh: compiled kernels only (no autotune results, no launchers)
+  full    FULL_BUNDLE installed fresh, run with CC pointing at a failing program
   warm    the cache the 'empty' run filled, used again (the floor: nothing left to compile or tune)
 """
 
@@ -54,9 +55,10 @@ def child(plan_path: str, cache_dir: str) -> None:
                       "benchmarks": len(seen["benchmarks"]), "c_builds": len(seen["c_builds"])}))
 
 
-def run_child(plan_path: Path, cache_dir: Path) -> dict:
+def run_child(plan_path: Path, cache_dir: Path, no_cc: bool = False) -> dict:
+    env = {**os.environ, **({"CC": "/bin/false"} if no_cc else {})}
     proc = subprocess.run([sys.executable, __file__, "--child", str(plan_path), str(cache_dir)],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"child failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -66,6 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("bundle", nargs="?")
     ap.add_argument("--json", dest="out")
+    ap.add_argument("--bare")
     ap.add_argument("--child", nargs=2)
     args = ap.parse_args()
     if args.child:
@@ -85,20 +88,27 @@ def main() -> None:
         results = {}
         empty = tmp / "empty-cache"
         results["empty"] = run_child(plan_path, empty)
+        if args.bare:
+            bare = tmp / "node-bare" / "dir"
+            install(Path(args.bare), bare)
+            results["bare"] = run_child(plan_path, bare / "triton")
         node = tmp / "node" / "dir"
         install(Path(args.bundle), node)
-        results["bundle"] = run_child(plan_path, node / "triton")
+        full_has_launchers = manifest["launchers"]["included"]
+        results["full"] = run_child(plan_path, node / "triton", no_cc=full_has_launchers)
         results["warm"] = run_child(plan_path, empty)
     out = {"device": torch.cuda.get_device_name(0), "items": len(manifest["plan"]["items"]),
            "plan_hash": manifest["plan_hash"], "results": results,
-           "ratio_empty_over_bundle": round(results["empty"]["seconds"] / results["bundle"]["seconds"], 2),
-           "ratio_bundle_over_warm": round(results["bundle"]["seconds"] / results["warm"]["seconds"], 2)}
+           "autotune": manifest["autotune"]["counts"], "launchers": manifest["launchers"]["count"],
+           "ratio_empty_over_full": round(results["empty"]["seconds"] / results["full"]["seconds"], 1),
+           "ratio_full_over_warm": round(results["full"]["seconds"] / results["warm"]["seconds"], 2)}
     print("| condition | first-call seconds | compiles | cache hits | autotune benchmarks | C compiler runs |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name in ("empty", "bundle", "warm"):
-        r = results[name]
-        print(f"| {name} | {r['seconds']} | {r['compiles']} | {r['hits']} | {r['benchmarks']} | {r['c_builds']} |")
-    print(f"empty/bundle = {out['ratio_empty_over_bundle']}x, bundle/warm = {out['ratio_bundle_over_warm']}x on {out['device']}")
+    for name in ("empty", "bare", "full", "warm"):
+        if name in results:
+            r = results[name]
+            print(f"| {name} | {r['seconds']} | {r['compiles']} | {r['hits']} | {r['benchmarks']} | {r['c_builds']} |")
+    print(f"empty/full = {out['ratio_empty_over_full']}x, full/warm = {out['ratio_full_over_warm']}x on {out['device']}")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
 
