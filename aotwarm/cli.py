@@ -198,6 +198,12 @@ def build(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, m
     from .plan import Plan
     from .render import build_table, console
 
+    import signal
+
+    def _interrupt(signum, frame):  # SIGTERM stops the workers like Ctrl-C does; a re-run resumes
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
     if plan_file and model:
         raise BadInput("give either MODEL or --plan, not both")
     if plan_file:
@@ -274,14 +280,15 @@ def inspect(bundle: Path, as_json: bool) -> None:
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dir", "dest", required=True, type=click.Path(file_okay=False, path_type=Path), help="Install directory.")
 @click.option("--print-env", is_flag=True, help="Print the environment the engine needs, as shell exports.")
+@click.option("--force", is_flag=True, help="Install even if this environment's Python/Triton/engine/env differ.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def install(bundle: Path, dest: Path, print_env: bool, as_json: bool) -> None:
+def install(bundle: Path, dest: Path, print_env: bool, force: bool, as_json: bool) -> None:
     """Verify and install a bundle into DIR (atomic per cache entry; relocates Triton's group files)."""
     from .install import install as do_install
     from .render import console
 
-    res = do_install(bundle, dest)
+    res = do_install(bundle, dest, force=force)
     env = res.env()
     if as_json:
         _emit_json({"dest": str(res.dest), "triton_cache": str(res.triton_cache), "entries_added": res.entries_added,

@@ -1,27 +1,38 @@
-"""Install a bundle into a directory on a serving node.
+"""Install a bundle into a directory on a serving node — atomically, idempotently, safely in parallel.
 
-Every member is checked against the manifest before anything is written; files are extracted into
-a private temporary directory beside the destination, group files are pointed at the destination
-(Triton stores absolute paths in ``__grp__*.json``; without this every kernel recompiles), and each
-cache entry is then moved into place with one atomic rename.  A re-install of the same bundle is a
-no-op; entries another bundle already installed are kept.
+Layout of DIR::
 
-Layout of DIR:  ``triton/`` (TRITON_CACHE_DIR)  ·  ``aotwarm/<bundle sha256>.json`` (installed manifests)
+    DIR/triton -> .aotwarm-gen-<id>     TRITON_CACHE_DIR: a symlink to the current generation
+    DIR/.aotwarm-gen-<id>/<entries>     Triton cache entries (kernels, autotune results, launchers)
+    DIR/.aotwarm-gen-<id>/.aotwarm/     one record per installed bundle (its manifest)
+    DIR/.aotwarm.lock                   serializes installers
+
+Every member is checked against the manifest before anything is written. A new generation is
+assembled beside the current one (hard links to the entries already installed, then the bundle's
+files, with Triton's group files pointed at ``DIR/triton/...``), and published with one atomic
+``rename`` of the symlink. An install killed at any point leaves ``DIR/triton`` either as it was or
+fully installed; leftovers of a killed install are hidden directories that the next install
+removes. Installs of different bundles merge (an entry both carry is taken whole from the bundle
+being installed); concurrent installs take turns on the lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from .bundle import TRITON_PREFIX, read_bundle, relocate_group_file
-from .errors import BadInput
-from .fsutil import atomic_write_text, sha256_file
+from .errors import BadInput, Incompatible
+
+GEN_PREFIX = ".aotwarm-gen-"
+STAGE_SUFFIX = ".staging"
+RECORDS = ".aotwarm"
 
 
 @dataclass
@@ -41,7 +52,7 @@ class InstallResult:
 def engine_env(dest: Path) -> dict[str, str]:
     """What the serving engine's environment needs to use an installed bundle."""
     return {
-        "TRITON_CACHE_DIR": str(Path(dest).resolve() / "triton"),
+        "TRITON_CACHE_DIR": str(Path(dest).absolute() / "triton"),
         # autotune results are read from the cache dir only if this is set before the engine imports its kernels
         "TRITON_CACHE_AUTOTUNING": "1",
     }
@@ -50,68 +61,137 @@ def engine_env(dest: Path) -> dict[str, str]:
 def _prepare_dest(dest: Path) -> None:
     try:
         dest.mkdir(parents=True, exist_ok=True)
-        (dest / "triton").mkdir(exist_ok=True)
-        (dest / "aotwarm").mkdir(exist_ok=True)
     except OSError as err:
         raise BadInput(f"cannot create {err.filename or dest}: {err.strerror}; pick a writable --dir")
-    for sub in (dest, dest / "triton", dest / "aotwarm"):
-        if not os.access(sub, os.W_OK | os.X_OK):
-            raise BadInput(f"install directory {sub} is not writable: pick a writable --dir or fix its permissions")
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise BadInput(f"install directory {dest} is not writable: pick a writable --dir or fix its permissions")
+    link = dest / "triton"
+    if link.exists() and not link.is_symlink():
+        raise BadInput(f"{link} is a plain directory, not an aotwarm install: install into an empty directory "
+                       f"(or move that cache away first)")
+
+
+def _current_generation(dest: Path) -> Path | None:
+    link = dest / "triton"
+    if not link.is_symlink():
+        return None
+    target = dest / os.readlink(link)
+    return target if target.is_dir() else None
+
+
+def _remove_leftovers(dest: Path, keep: Path | None) -> None:
+    """Generations and staging areas left by killed installs (called with the lock held)."""
+    for p in dest.iterdir():
+        if p.name.startswith(GEN_PREFIX) and (keep is None or p.name != keep.name):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(".aotwarm-link-"):
+            p.unlink(missing_ok=True)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link (or copy, across devices) every file of ``src`` into ``dst``."""
+    for root, _dirs, files in os.walk(src):
+        out = dst / Path(root).relative_to(src)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            try:
+                os.link(Path(root) / name, out / name)
+            except OSError:
+                shutil.copy2(Path(root) / name, out / name)
 
 
 def _same_entry(a: Path, b: Path) -> bool:
-    names_a = sorted(p.name for p in a.iterdir())
-    names_b = sorted(p.name for p in b.iterdir())
-    return names_a == names_b and all(sha256_file(a / n) == sha256_file(b / n) for n in names_a)
+    files_a = sorted(p.name for p in a.iterdir())
+    if files_a != sorted(p.name for p in b.iterdir()):
+        return False
+    return all((a / n).read_bytes() == (b / n).read_bytes() for n in files_a)
 
 
-def install(bundle: Path, dest: Path) -> InstallResult:
+def check_compatible(manifest: dict) -> None:
+    """Refuse (exit 3) a bundle whose keys cannot match this environment, when Triton is here to ask."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return
+    from .verify import preflight
+
+    mismatches = preflight(manifest, gpu=None)
+    if mismatches:
+        more = f" (+{len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
+        raise Incompatible(f"bundle cannot hit in this environment: {mismatches[0].line()}{more}; "
+                           f"use --force to install it anyway")
+
+
+def install(bundle: Path, dest: Path, force: bool = False) -> InstallResult:
     bundle, dest = Path(bundle), Path(dest).expanduser().absolute()
     manifest = read_bundle(bundle)  # pass 1: validate everything, write nothing
+    if not force:
+        check_compatible(manifest)
     _prepare_dest(dest)
-    cache_dir = dest / "triton"
+    bundle_sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
     try:
-        staging = Path(tempfile.mkdtemp(prefix=".aotwarm-install-", dir=dest))
+        lock = open(dest / ".aotwarm.lock", "a")
     except OSError as err:
         raise BadInput(f"cannot write in {dest}: {err.strerror}")
-    try:
-        count = [0]
-
-        def write(name: str, data: bytes) -> None:
-            rel = name[len(TRITON_PREFIX):]
-            target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.name.startswith("__grp__"):
-                data = relocate_group_file(data, cache_dir)
-            target.write_bytes(data)
-            count[0] += 1
-
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = _current_generation(dest)
+        _remove_leftovers(dest, keep=current)
+        new = dest / f"{GEN_PREFIX}{uuid.uuid4().hex[:12]}"
         try:
-            read_bundle(bundle, sink=write)  # pass 2: the same checks again while writing into staging
+            result = _assemble(bundle, manifest, dest, current, new, bundle_sha)
+            tmp_link = dest / f".aotwarm-link-{uuid.uuid4().hex[:12]}"
+            os.symlink(new.name, tmp_link)
+            os.replace(tmp_link, dest / "triton")  # the one atomic step that publishes the install
         except OSError as err:
+            shutil.rmtree(new, ignore_errors=True)
             raise BadInput(f"cannot write into {dest}: {err.strerror} (disk full or read-only?); nothing was installed")
-        added = present = 0
-        for entry in sorted(p for p in staging.iterdir() if p.is_dir()):
-            final = cache_dir / entry.name
-            if final.exists():
-                if _same_entry(entry, final):
-                    present += 1
-                    continue
-                # same compile key, different bytes (e.g. an entry a crashed compile left half-written): replace
-                old = staging / f".old-{entry.name}"
-                os.rename(final, old)
-            os.rename(entry, final)
-            added += 1
-        bundle_sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
-        record = {"bundle": str(bundle.resolve()), "bundle_sha256": bundle_sha, "manifest": manifest}
-        atomic_write_text(dest / "aotwarm" / f"{bundle_sha}.json", json.dumps(record, indent=1, sort_keys=True))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        if current is not None:
+            shutil.rmtree(current, ignore_errors=True)
+    return result
+
+
+def _assemble(bundle: Path, manifest: dict, dest: Path, current: Path | None, new: Path, bundle_sha: str
+              ) -> InstallResult:
+    new.mkdir()
+    if current is not None:
+        _link_tree(current, new)
+    staging = new / (RECORDS + STAGE_SUFFIX)
+    cache_dir = dest / "triton"
+    count = [0]
+
+    def write(name: str, data: bytes) -> None:
+        target = staging / name[len(TRITON_PREFIX):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.name.startswith("__grp__"):
+            data = relocate_group_file(data, cache_dir)
+        target.write_bytes(data)
+        count[0] += 1
+
+    read_bundle(bundle, sink=write)  # pass 2: the same checks again while writing
+    added = present = 0
+    for entry in sorted(p for p in staging.iterdir() if p.is_dir()):
+        final = new / entry.name
+        if final.exists():
+            if _same_entry(entry, final):
+                present += 1
+                continue
+            shutil.rmtree(final)  # same key, other bytes: take the bundle's entry whole
+        os.rename(entry, final)
+        added += 1
+    shutil.rmtree(staging)
+    records = new / RECORDS
+    records.mkdir(exist_ok=True)
+    record = {"bundle": str(bundle.resolve()), "bundle_sha256": bundle_sha, "manifest": manifest}
+    (records / f"{bundle_sha}.json").write_text(json.dumps(record, indent=1, sort_keys=True))
     return InstallResult(dest, cache_dir, added, present, count[0], bundle_sha, manifest)
 
 
 def installed_manifest(dest: Path, bundle_sha: str) -> dict | None:
     try:
-        return json.loads((Path(dest) / "aotwarm" / f"{bundle_sha}.json").read_text())["manifest"]
+        return json.loads((Path(dest) / "triton" / RECORDS / f"{bundle_sha}.json").read_text())["manifest"]
     except (OSError, json.JSONDecodeError, KeyError):
         return None

@@ -129,6 +129,12 @@ def verify_tables(report) -> list:
         for x in report.misses:
             m.add_row(x["item"], x["kernel"], x["signature"], x["constexprs"])
         out.append(m)
+    if report.unplanned_keys:
+        u = Table(title="JIT keys outside the plan: these compile on first use and need a writable cache")
+        u.add_column("kernel | key", overflow="fold")
+        for k in report.unplanned_keys:
+            u.add_row(k)
+        out.append(u)
     if report.failed_items:
         f = Table(title="Work items that failed to run")
         f.add_column("item: error", overflow="fold")

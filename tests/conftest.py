@@ -49,11 +49,24 @@ def fake_cache(tmp_path: Path) -> tuple[Path, set[str]]:
     return root, names
 
 
+@pytest.fixture(scope="session")
+def this_environment() -> dict:
+    """The parts of a manifest that describe this machine (so install's compatibility check passes)."""
+    from aotwarm.engines import detect_engine
+    from aotwarm.envinfo import fingerprint
+    from aotwarm.targets import PROFILES
+
+    return {"target": PROFILES["h100-sxm"].to_dict(), "fingerprint": fingerprint(arch=90).to_dict(),
+            "engine": detect_engine("fla").to_dict()}
+
+
 @pytest.fixture
-def base_manifest() -> dict:
-    """A manifest body as build writes it, with values that need no engine or GPU."""
+def base_manifest(this_environment) -> dict:
+    """A manifest body as build writes it, for a synthetic cache built in this environment."""
     return {
-        "aotwarm_version": "test", "plan": {"items": [], "probe": {}}, "plan_hash": "0" * 64,
-        "target": {"key": "h100-sxm"}, "engine": {"name": "fla"}, "fingerprint": {}, "coverage": [],
-        "build": {"cache_entries": 2}, "triton_cache": {},
+        "aotwarm_version": "test", "plan": {"items": [], "probe": {}, "sm_count_sensitive": False},
+        "plan_hash": "0" * 64, "coverage": [], "build": {"cache_entries": 2}, "triton_cache": {},
+        "autotune": {"results": [], "counts": {"measured": 0, "reused": 0, "pinned": 0, "node": 0}},
+        "launchers": {"included": False, "count": 0, "python_abi": "", "note": ""},
+        **json.loads(json.dumps(this_environment)),
     }

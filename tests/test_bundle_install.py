@@ -44,7 +44,7 @@ def test_install_relocates_every_group_file_and_is_idempotent(tmp_path, fake_cac
             assert p == str(dest.resolve() / "triton" / grp.parent.name / child) and Path(p).is_file()
     again = install(bundle, dest)
     assert again.entries_added == 0 and again.entries_present == 2
-    assert not [p for p in dest.iterdir() if p.name.startswith(".aotwarm-install-")]
+    assert sorted(p.name for p in dest.iterdir() if p.name.startswith(".aotwarm-gen-")) == [os.readlink(dest / "triton")]
     assert res.env()["TRITON_CACHE_DIR"] == str(dest.resolve() / "triton")
 
 
@@ -58,7 +58,8 @@ def test_install_keeps_entries_of_another_bundle(tmp_path, fake_cache, base_mani
     dest = tmp_path / "dest"
     install(tmp_path / "other.tar.zst", dest)
     install(tmp_path / "b.tar.zst", dest)
-    assert sorted(p.name for p in (dest / "triton").iterdir()) == sorted([ENTRY_A, ENTRY_B, "C" * 52])
+    assert sorted(p.name for p in (dest / "triton").iterdir() if p.name != ".aotwarm") == sorted([ENTRY_A, ENTRY_B, "C" * 52])
+    assert len(list((dest / "triton" / ".aotwarm").iterdir())) == 2  # both bundles recorded
 
 
 def test_read_only_destination_is_a_clear_error_and_writes_nothing(tmp_path, fake_cache, base_manifest):
@@ -80,6 +81,14 @@ def test_destination_that_is_a_file_is_a_clear_error(tmp_path, fake_cache, base_
     (tmp_path / "afile").write_text("x")
     with pytest.raises(BadInput, match="cannot create"):
         install(bundle, tmp_path / "afile" / "dest")
+
+
+def test_plain_triton_cache_is_not_overwritten(tmp_path, fake_cache, base_manifest):
+    bundle = tmp_path / "b.tar.zst"
+    make_bundle(fake_cache, base_manifest, bundle)
+    (tmp_path / "dest" / "triton").mkdir(parents=True)
+    with pytest.raises(BadInput, match="plain directory"):
+        install(bundle, tmp_path / "dest")
 
 
 # -- damaged and hostile bundles: rejected before anything is written ----------------------------
