@@ -31,6 +31,14 @@ MAX_MANIFEST_BYTES = 64 << 20
 _SAFE_NAME = re.compile(r"^triton/[A-Z2-7]{52}/[A-Za-z0-9_.\-]{1,255}$")
 
 
+class SinkError(Exception):
+    """Writing a verified file failed (disk full, read-only): the destination's fault, not the bundle's."""
+
+    def __init__(self, err: OSError):
+        super().__init__(err.strerror or str(err))
+        self.strerror = err.strerror or str(err)
+
+
 @dataclass(frozen=True)
 class FileEntry:
     path: str
@@ -220,7 +228,10 @@ def read_bundle(path: Path, sink: Callable[[str, bytes], None] | None = None) ->
             if len(data) != want["size"] or hashlib.sha256(data).hexdigest() != want["sha256"]:
                 raise BadInput(f"bundle member {member.name!r} does not match its sha256 in the manifest (corrupt or tampered)")
             if sink is not None:
-                sink(member.name, data)
+                try:
+                    sink(member.name, data)
+                except OSError as err:
+                    raise SinkError(err) from err
         missing = sorted(set(expected) - seen)
         if missing:
             raise BadInput(f"bundle is missing {len(missing)} file(s) its manifest lists, e.g. {missing[0]} (truncated?)")

@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundle import TRITON_PREFIX, read_bundle, relocate_group_file
+from .bundle import TRITON_PREFIX, SinkError, read_bundle, relocate_group_file
 from .errors import BadInput, Incompatible
 
 GEN_PREFIX = ".aotwarm-gen-"
@@ -127,6 +127,7 @@ def install(bundle: Path, dest: Path, force: bool = False) -> InstallResult:
     manifest = read_bundle(bundle)  # pass 1: validate everything, write nothing
     if not force:
         check_compatible(manifest)
+    created = not dest.exists()
     _prepare_dest(dest)
     bundle_sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
     try:
@@ -143,8 +144,15 @@ def install(bundle: Path, dest: Path, force: bool = False) -> InstallResult:
             tmp_link = dest / f".aotwarm-link-{uuid.uuid4().hex[:12]}"
             os.symlink(new.name, tmp_link)
             os.replace(tmp_link, dest / "triton")  # the one atomic step that publishes the install
-        except OSError as err:
+        except (OSError, SinkError) as err:
             shutil.rmtree(new, ignore_errors=True)
+            if current is None:  # a first install leaves nothing behind
+                (dest / ".aotwarm.lock").unlink(missing_ok=True)
+                if created:
+                    try:
+                        dest.rmdir()
+                    except OSError:
+                        pass
             raise BadInput(f"cannot write into {dest}: {err.strerror} (disk full or read-only?); nothing was installed")
         except BaseException:
             shutil.rmtree(new, ignore_errors=True)

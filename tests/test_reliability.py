@@ -290,3 +290,42 @@ def test_interrupted_build_stops_workers_and_resumes(tmp_path, sig):
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)["summary"]
     assert summary["resumed_items"] == len(done) >= 1 and summary["failed_items"] == 0
+
+
+# -- read-only and full destinations (need mount privileges; skipped without them) -------------
+
+def _mount(*args: str) -> bool:
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+def test_read_only_destination_mount(tmp_path, fake_cache, base_manifest):
+    root, names = fake_cache
+    bundle = tmp_path / "b.tar.zst"
+    write_bundle(bundle, base_manifest, collect_entries(root, names))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if not (_mount("--bind", str(ro), str(ro)) and _mount("-o", "remount,ro,bind", str(ro))):
+        subprocess.run(["umount", str(ro)], capture_output=True)
+        pytest.skip("cannot make a read-only bind mount here")
+    try:
+        proc = run_cli("install", str(bundle), "--dir", str(ro))
+        assert proc.returncode == 2 and "not writable" in proc.stderr
+        proc = run_cli("install", str(bundle), "--dir", str(ro / "sub"))
+        assert proc.returncode == 2 and "cannot create" in proc.stderr
+        assert list(ro.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_full_destination_leaves_nothing_behind(tmp_path, base_manifest):
+    bundle, _ = synthetic_bundle(tmp_path, base_manifest, 200, "big", size=8000)  # ~1.6 MB of entries
+    full = tmp_path / "full"
+    full.mkdir()
+    if not _mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)):
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        proc = run_cli("install", str(bundle), "--dir", str(full / "dest"))
+        assert proc.returncode == 2 and "disk full or read-only" in proc.stderr, proc.stderr
+        assert list(full.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(full)], capture_output=True)
