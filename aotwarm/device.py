@@ -339,10 +339,13 @@ def _locked_compile(compile_fn: Callable[..., Any], lock_dir: str) -> Callable[.
 
 
 def _base_name(tuner: Any) -> str:
+    """The name of the innermost JIT function under an autotuner (and any heuristics around it)."""
+    from triton.runtime.jit import JITFunction
+
     fn = tuner.fn
-    while not hasattr(fn, "arg_names") or hasattr(fn, "fn") and not hasattr(fn, "cache_key"):
+    while not isinstance(fn, JITFunction):
         fn = fn.fn
-    return getattr(fn, "__name__", repr(fn))
+    return fn.__name__
 
 
 def _jsonable(value: Any) -> Any:
