@@ -115,7 +115,8 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
     """
     start = time.monotonic()
     output = Path(output)
-    work_dir = Path(work_dir) if work_dir else default_work_dir(output, plan)
+    # absolute: workers and the launcher compiler run from other directories
+    work_dir = (Path(work_dir) if work_dir else default_work_dir(output, plan)).absolute()
     cache_root = (work_dir / "triton").resolve()
     try:
         cache_root.mkdir(parents=True, exist_ok=True)

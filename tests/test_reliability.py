@@ -252,9 +252,11 @@ def test_failing_item_is_reported_and_the_rest_is_bundled(tmp_path):
     proc = run_cli("build", "--plan", str(plan), "-o", str(tmp_path / "x.tar.zst"), "--json")
     assert proc.returncode == 1 and "work item gdn/broken failed: KeyError" in proc.stderr
     assert not (tmp_path / "x.tar.zst").exists()
-    proc = run_cli("build", "--plan", str(plan), "-o", str(tmp_path / "k.tar.zst"), "--keep-going", "--json")
-    assert proc.returncode == 1 and (tmp_path / "k.tar.zst").exists()
-    manifest = read_bundle(tmp_path / "k.tar.zst")
+    # relative output path (and so a relative default work dir), as `make bundle` uses
+    proc = run_cli("build", "--plan", str(plan), "-o", "out/k.tar.zst", "--keep-going", "--json", cwd=tmp_path)
+    assert proc.returncode == 1 and (tmp_path / "out" / "k.tar.zst").exists(), proc.stderr
+    manifest = read_bundle(tmp_path / "out" / "k.tar.zst")
+    assert manifest["launchers"]["included"] and manifest["launchers"]["count"] >= 2
     cov = manifest["coverage"][0]
     assert cov["status"] == "incomplete" and any("gdn/broken failed to build" in u for u in cov["uncovered"])
     assert manifest["build"]["failed_items"] == ["gdn/broken"]
