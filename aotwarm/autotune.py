@@ -75,7 +75,7 @@ def assemble(records: list[dict], measured: dict[str, bytes], measured_source: d
     return out
 
 
-def reusable_from_bundle(path) -> tuple[dict[str, tuple[bytes, dict]], int]:
+def reusable_from_bundle(path) -> dict[str, tuple[bytes, dict]]:
     """identity -> (results file, provenance) for every measured/reused result in another bundle."""
     from .bundle import read_bundle
 
@@ -86,4 +86,4 @@ def reusable_from_bundle(path) -> tuple[dict[str, tuple[bytes, dict]], int]:
         name = f"triton/{e['disk_key']}/{e['file']}"
         if e["provenance"] in ("measured", "reused") and name in files:
             out[e["identity"]] = (files[name], {**e["source"], "from_bundle": manifest["plan_hash"][:16]})
-    return out, len(manifest.get("autotune", {}).get("results", []))
+    return out

@@ -130,7 +130,7 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
     if options.tuning_from:
         from .autotune import reusable_from_bundle
 
-        reusable, _ = reusable_from_bundle(Path(options.tuning_from))
+        reusable = reusable_from_bundle(Path(options.tuning_from))
     if options.tune:
         _check_tuning_gpu(plan)
     launcher_env, launcher_note = _launcher_setup(options.launchers, work_dir)

@@ -15,7 +15,6 @@ import io
 import json
 import re
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator
 
@@ -37,13 +36,6 @@ class SinkError(Exception):
     def __init__(self, err: OSError):
         super().__init__(err.strerror or str(err))
         self.strerror = err.strerror or str(err)
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    path: str
-    size: int
-    sha256: str
 
 
 def manifest_self_hash(manifest: dict) -> str:
