@@ -19,7 +19,6 @@ being installed); concurrent installs take turns on the lock.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from .bundle import TRITON_PREFIX, SinkError, read_bundle, relocate_group_file
 from .errors import BadInput, Incompatible
+from .fsutil import sha256_file
 
 GEN_PREFIX = ".aotwarm-gen-"
 STAGE_SUFFIX = ".staging"
@@ -129,7 +129,7 @@ def install(bundle: Path, dest: Path, force: bool = False) -> InstallResult:
         check_compatible(manifest)
     created = not dest.exists()
     _prepare_dest(dest)
-    bundle_sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    bundle_sha = sha256_file(bundle)
     try:
         lock = open(dest / ".aotwarm.lock", "a")
     except OSError as err:

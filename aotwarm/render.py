@@ -130,15 +130,16 @@ def verify_tables(report) -> list:
             m.add_row(x["item"], x["kernel"], x["signature"], x["constexprs"])
         out.append(m)
     if report.unplanned_keys:
-        u = Table(title="JIT keys outside the plan: these compile on first use and need a writable cache")
-        u.add_column("kernel | key", overflow="fold")
-        for k in report.unplanned_keys:
-            u.add_row(k)
-        out.append(u)
+        out.append(_list_table("JIT keys outside the plan: these compile on first use and need a writable cache",
+                               "kernel | key", report.unplanned_keys))
     if report.failed_items:
-        f = Table(title="Work items that failed to run")
-        f.add_column("item: error", overflow="fold")
-        for x in report.failed_items:
-            f.add_row(x)
-        out.append(f)
+        out.append(_list_table("Work items that failed to run", "item: error", report.failed_items))
     return out
+
+
+def _list_table(title: str, column: str, rows: list[str]) -> Table:
+    t = Table(title=title)
+    t.add_column(column, overflow="fold")
+    for row in rows:
+        t.add_row(row)
+    return t

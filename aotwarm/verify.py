@@ -7,7 +7,6 @@ cache (``knobs.compilation.listener``'s ``cache_hit``).  Pass means zero misses.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from .bundle import read_bundle
 from .errors import BadInput, Incompatible
+from .fsutil import sha256_file
 from .install import engine_env, installed_manifest
 from .plan import Plan
 from .pool import PoolOptions, Task, run_tasks
@@ -120,7 +120,7 @@ def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) ->
 
     start = time.monotonic()
     manifest = read_bundle(bundle)
-    bundle_sha = hashlib.sha256(Path(bundle).read_bytes()).hexdigest()
+    bundle_sha = sha256_file(Path(bundle))
     if installed_manifest(dest, bundle_sha) is None:
         raise BadInput(f"{bundle} is not installed in {dest}: run `aotwarm install {bundle} --dir {dest}` first")
     gpu = _gpu_facts()
