@@ -2,10 +2,13 @@
 
 Only this module and ``install.py`` know the format.  Writing is deterministic: members sorted,
 mtime 0, owner 0/0 with empty names, fixed modes, single-threaded zstd with a frame checksum,
-and a manifest with no timestamps, so the same inputs give a byte-identical file.  Reading is
-defensive: the manifest must come first, every member must be a regular file with a safe
-relative path that the manifest lists with its size and sha256, and no member is read past its
-declared size.
+and a manifest with no timestamps, so the same inputs give a byte-identical file.  The file ends
+with a zstd *skippable frame* (ignored by ``zstd``/``tar --zstd``) that holds the sha256 of every
+byte before it: zstd's own checksum covers the decompressed data only, and some bits of a
+compressed stream (unused entropy-table bits) can flip without changing it.  Reading is
+defensive: the seal must match, the manifest must come first, every member must be a regular
+file with a safe relative path that the manifest lists with its size and sha256, no member is
+read past its declared size, and nothing but zero padding may follow the end of the archive.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ from typing import IO, Callable, Iterator
 from .errors import BadInput
 from .fsutil import atomic_write_bytes
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
+# zstd skippable frame: magic 0x184D2A5E, little-endian u32 length, then SEAL_TAG + sha256 digest.
+SEAL_MAGIC = (0x184D2A5E).to_bytes(4, "little")
+SEAL_TAG = b"aotwarm-seal-v1\0"
+SEAL_SIZE = 8 + len(SEAL_TAG) + 32
 MANIFEST = "manifest.json"
 TRITON_PREFIX = "triton/"
 CACHE_PLACEHOLDER = "@AOTWARM_TRITON_CACHE_DIR@"
@@ -101,28 +108,69 @@ def write_bundle(path: Path, manifest: dict, files: dict[str, bytes]) -> dict:
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(data))
     compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, threads=0).compress(raw.getvalue())
-    atomic_write_bytes(path, compressed)
+    atomic_write_bytes(path, seal(compressed))
     return manifest
+
+
+def seal(compressed: bytes) -> bytes:
+    """``compressed`` followed by the skippable frame that holds its sha256."""
+    return compressed + _seal(hashlib.sha256(compressed).digest())
+
+
+def _seal(digest: bytes) -> bytes:
+    body = SEAL_TAG + digest
+    return SEAL_MAGIC + len(body).to_bytes(4, "little") + body
+
+
+def _check_seal(fh: IO[bytes], size: int, path: Path) -> int:
+    """Check the trailing seal against the bytes before it; returns the length of the sealed part."""
+    if size < SEAL_SIZE:
+        raise BadInput(f"{path} is not an aotwarm bundle or is corrupt (too short): rebuild or re-download it")
+    fh.seek(size - SEAL_SIZE)
+    trailer = fh.read(SEAL_SIZE)
+    if trailer[:-32] != _seal(b"\0" * 32)[:-32]:
+        raise BadInput(f"{path} is not an aotwarm bundle of this format, or is truncated (no seal at its end): "
+                       "rebuild or re-download it")
+    h = hashlib.sha256()
+    fh.seek(0)
+    left = size - SEAL_SIZE
+    while left > 0:
+        block = fh.read(min(1 << 20, left))
+        if not block:
+            raise BadInput(f"{path} changed while it was read: try again")
+        h.update(block)
+        left -= len(block)
+    if h.digest() != trailer[-32:]:
+        raise BadInput(f"{path} is corrupt or tampered (its bytes do not match the seal at its end): "
+                       "rebuild or re-download it")
+    fh.seek(0)
+    return size - SEAL_SIZE
 
 
 # -- reading -------------------------------------------------------------------------------
 
 
-class _BoundedReader(io.RawIOBase):
-    """Decompressed stream that refuses to produce more than ``limit`` bytes (decompression bombs)."""
+class _Limited(io.RawIOBase):
+    """At most ``limit`` bytes of ``inner``; past that, end of file or (with ``overflow``) BadInput."""
 
-    def __init__(self, inner: IO[bytes], limit: int):
-        self._inner, self._left = inner, limit
+    def __init__(self, inner: IO[bytes], limit: int, overflow: str | None = None):
+        self._inner, self._left, self._overflow = inner, limit, overflow
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
         if self._left <= 0:
-            raise BadInput("bundle decompresses to more than its manifest declares: refusing it (corrupt or hostile)")
-        n = self._inner.readinto(memoryview(b)[: min(len(b), self._left + 1)])
+            if self._overflow:
+                raise BadInput(self._overflow)
+            return 0
+        # With an overflow message, ask for one byte more than allowed so that exceeding is seen.
+        n = self._inner.readinto(memoryview(b)[: min(len(b), self._left + (1 if self._overflow else 0))])
         self._left -= n
         return n
+
+
+_BOMB = "bundle decompresses to more than its manifest declares: refusing it (corrupt or hostile)"
 
 
 def _open_tar(path: Path, limit: int) -> tuple[IO[bytes], tarfile.TarFile]:
@@ -132,14 +180,39 @@ def _open_tar(path: Path, limit: int) -> tuple[IO[bytes], tarfile.TarFile]:
         fh = open(path, "rb")
     except OSError as err:
         raise BadInput(f"cannot read bundle {path}: {err.strerror}")
-    reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
-    stream = io.BufferedReader(_BoundedReader(reader, limit))
+    try:
+        sealed = _check_seal(fh, path.stat().st_size, path)
+    except BaseException:
+        fh.close()
+        raise
+    reader = zstandard.ZstdDecompressor().stream_reader(_Limited(fh, sealed), read_across_frames=True)
+    stream = io.BufferedReader(_Limited(reader, limit, _BOMB))
     try:
         tar = tarfile.open(fileobj=stream, mode="r|")
     except (tarfile.TarError, zstandard.ZstdError, OSError, EOFError) as err:
         fh.close()
         raise BadInput(f"{path} is not an aotwarm bundle or is corrupt ({_why(err)}): rebuild or re-download it")
     return fh, tar
+
+
+def stream_of(tar: tarfile.TarFile) -> IO[bytes]:
+    """The decompressed stream under a streaming TarFile."""
+    return tar.fileobj  # type: ignore[return-value]
+
+
+def _check_tail(stream: IO[bytes], path: Path) -> None:
+    """Read past the end-of-archive marker to the end of the zstd stream.
+
+    Tar readers stop at the first zero block and never look at the rest; reading to the end makes the
+    zstd frame checksum get verified and proves that the padding is all zeros, so a flipped byte
+    anywhere in the file is refused (the bounded reader still caps how much is read).
+    """
+    while True:
+        chunk = stream.read(1 << 16)
+        if not chunk:
+            return
+        if chunk.count(0) != len(chunk):
+            raise BadInput(f"{path} has data after the end of its archive (corrupt or tampered): rebuild or re-download it")
 
 
 def _why(err: BaseException) -> str:
@@ -227,6 +300,7 @@ def read_bundle(path: Path, sink: Callable[[str, bytes], None] | None = None) ->
         missing = sorted(set(expected) - seen)
         if missing:
             raise BadInput(f"bundle is missing {len(missing)} file(s) its manifest lists, e.g. {missing[0]} (truncated?)")
+        _check_tail(stream_of(tar), path)
     except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as err:
         raise BadInput(f"{path} is truncated or corrupt ({_why(err)}): rebuild or re-download it")
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from aotwarm.bundle import CACHE_PLACEHOLDER, collect_entries, read_bundle, write_bundle
+from aotwarm.bundle import BUNDLE_FORMAT, CACHE_PLACEHOLDER, collect_entries, read_bundle, seal, write_bundle
 from aotwarm.errors import BadInput
 from aotwarm.install import install
 from tests.conftest import ENTRY_A, ENTRY_B
@@ -98,13 +98,13 @@ def _raw_tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for info, data in members:
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return zstandard.ZstdCompressor(write_checksum=True).compress(buf.getvalue())
+    return seal(zstandard.ZstdCompressor(write_checksum=True).compress(buf.getvalue()))
 
 
 def _manifest_for(files: dict[str, bytes], base: dict) -> bytes:
     from aotwarm.bundle import manifest_self_hash
 
-    m = dict(base, format=1, files=[{"path": p, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+    m = dict(base, format=BUNDLE_FORMAT, files=[{"path": p, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
                                     for p, d in sorted(files.items())])
     m["manifest_sha256"] = manifest_self_hash(m)
     return json.dumps(m).encode()
@@ -138,7 +138,7 @@ def hostile_cases(base):
         "swapped-content": [_info("manifest.json", man), _info(GOOD, b"CUBIN")],
         "missing-file": [_info("manifest.json", man)],
         "manifest-not-first": [_info(GOOD, b"cubin"), _info("manifest.json", man)],
-        "future-format": [_info("manifest.json", _manifest_for(payload, base).replace(b'"format": 1', b'"format": 99')),
+        "future-format": [_info("manifest.json", _manifest_for(payload, base).replace(f'"format": {BUNDLE_FORMAT}'.encode(), b'"format": 99')),
                           _info(GOOD, b"cubin")],
         "manifest-edited": [_info("manifest.json", man.replace(b'"aotwarm_version": "test"', b'"aotwarm_version": "evil"')),
                             _info(GOOD, b"cubin")],
@@ -169,6 +169,47 @@ def test_truncated_and_flipped_bundles_rejected(tmp_path, fake_cache, base_manif
         with pytest.raises(BadInput):
             install(p, tmp_path / f"dest{i}")
         assert not (tmp_path / f"dest{i}").exists()
+
+
+def test_every_single_bit_flip_is_rejected(tmp_path, fake_cache, base_manifest):
+    """Exhaustive over a small bundle: every byte, three bit positions each.
+
+    zstd's frame checksum covers only the decompressed data; some compressed bits (unused entropy
+    table bits, the frame header) flip without changing it. CI once found such a byte by chance in
+    the sampled test above; the seal at the end of the file makes every flip visible.
+    """
+    good = tmp_path / "good.tar.zst"
+    make_bundle(fake_cache, base_manifest, good)
+    data = good.read_bytes()
+    bad = tmp_path / "bad.tar.zst"
+    undetected = []
+    for k in range(len(data)):
+        for bit in (0x01, 0x10, 0x80):
+            bad.write_bytes(data[:k] + bytes([data[k] ^ bit]) + data[k + 1:])
+            try:
+                read_bundle(bad)
+            except BadInput:
+                continue
+            undetected.append((k, bit))
+    assert undetected == []
+
+
+def test_unsealed_or_resealed_wrongly_is_rejected(tmp_path, fake_cache, base_manifest):
+    from aotwarm.bundle import SEAL_SIZE
+
+    good = tmp_path / "good.tar.zst"
+    make_bundle(fake_cache, base_manifest, good)
+    data = good.read_bytes()
+    unsealed = tmp_path / "unsealed.tar.zst"
+    unsealed.write_bytes(data[:-SEAL_SIZE])
+    with pytest.raises(BadInput, match="no seal"):
+        read_bundle(unsealed)
+    appended = tmp_path / "appended.tar.zst"
+    appended.write_bytes(data + b"\0" * 64)
+    with pytest.raises(BadInput, match="no seal"):
+        read_bundle(appended)
+    # The file stays a plain zstd stream: the seal is a skippable frame that zstd itself ignores.
+    assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True).read()[:512]
 
 
 def test_not_a_bundle(tmp_path):

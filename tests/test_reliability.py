@@ -20,7 +20,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aotwarm.bundle import collect_entries, read_bundle, write_bundle
+from aotwarm.bundle import SEAL_SIZE, collect_entries, read_bundle, seal, write_bundle
 from aotwarm.errors import BadInput
 from aotwarm.install import install
 from tests.conftest import QWEN35_9B, make_fake_cache, run_cli
@@ -107,7 +107,7 @@ def test_decompression_bomb_is_refused_without_reading_it(tmp_path, base_manifes
         bomb.size = 512 << 20  # 512 MiB of zeros compress to almost nothing
         tar.addfile(bomb, io.BytesIO(bytes(bomb.size)))
     bundle = tmp_path / "bomb.tar.zst"
-    bundle.write_bytes(zstandard.ZstdCompressor(level=3).compress(raw.getvalue()))
+    bundle.write_bytes(seal(zstandard.ZstdCompressor(level=3).compress(raw.getvalue())))
     assert bundle.stat().st_size < 1 << 20
     start = time.monotonic()
     with pytest.raises(BadInput, match="manifest says 5"):
@@ -123,12 +123,12 @@ def seed_tar(tmp_path_factory, this_environment):
     manifest = {"aotwarm_version": "t", "plan": {}, "plan_hash": "0", "coverage": [], "build": {},
                 "autotune": {"results": [], "counts": {}}, "launchers": {}, **this_environment}
     path, _ = synthetic_bundle(tmp, manifest, 3, "seed", size=64)
-    return zstandard.ZstdDecompressor().decompress(path.read_bytes(), max_output_size=1 << 24)
+    return zstandard.ZstdDecompressor().decompress(path.read_bytes()[:-SEAL_SIZE], max_output_size=1 << 24)
 
 
 def _check_reader(tmp_path: Path, tar_bytes: bytes) -> None:
     bundle = tmp_path / "fuzz.tar.zst"
-    bundle.write_bytes(zstandard.ZstdCompressor(level=1).compress(tar_bytes))
+    bundle.write_bytes(seal(zstandard.ZstdCompressor(level=1).compress(tar_bytes)))
     before = set(tmp_path.iterdir())
     dest = tmp_path / "dest"
     try:
@@ -184,7 +184,7 @@ def test_fuzz_random_manifests_and_members(tmp_path, manifest, members):
             tar.addfile(info, io.BytesIO(blob))
     with pytest.raises(BadInput):
         bundle = tmp_path / "m.tar.zst"
-        bundle.write_bytes(zstandard.ZstdCompressor(level=1).compress(raw.getvalue()))
+        bundle.write_bytes(seal(zstandard.ZstdCompressor(level=1).compress(raw.getvalue())))
         read_bundle(bundle)
 
 
