@@ -57,7 +57,7 @@ def main() -> None:
 def serving_options(fn):
     opts = [
         click.option("--gpu", "gpu", required=False, help="GPU profile or arch alias (see `aotwarm targets`)."),
-        click.option("--engine", default="auto", show_default=True, help="Engine whose kernels to plan: auto, fla."),
+        click.option("--engine", default="auto", show_default=True, help="Engine whose kernels to plan: auto (vLLM when installed, else fla), vllm, fla."),
         click.option("--tp", default=1, show_default=True, type=click.IntRange(1), help="Tensor-parallel size."),
         click.option("--dtype", type=click.Choice(["bfloat16", "float16"]), help="Activation dtype (default: the model's)."),
         click.option("--max-num-batched-tokens", default=8192, show_default=True, type=click.IntRange(1),
@@ -69,6 +69,22 @@ def serving_options(fn):
         click.option("--family", "families", multiple=True, default=("gdn",), show_default=True,
                      help="Kernel families to plan (repeatable)."),
         click.option("--num-sms", type=click.IntRange(1), help="Plan for a reduced SM count."),
+        click.option("--mamba-ssm-cache-dtype", default="auto", show_default=True,
+                     type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                     help="vLLM: recurrent-state dtype (auto: the config's mamba_ssm_dtype, else the model dtype)."),
+        click.option("--mamba-cache-dtype", default="auto", show_default=True,
+                     type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                     help="vLLM: conv-state dtype (auto: the model dtype)."),
+        click.option("--num-speculative-tokens", default=0, show_default=True, type=click.IntRange(0, 16),
+                     help="vLLM: speculative tokens per step (MTP / draft); adds the spec-decode kernel variants."),
+        click.option("--max-cudagraph-capture-size", type=click.IntRange(1),
+                     help="vLLM: largest CUDA-graph batch (default: vLLM's rule for the target)."),
+        click.option("--enforce-eager", is_flag=True, help="vLLM: no CUDA graphs (decode batches are not padded)."),
+        click.option("--gdn-prefill-backend", default="auto", show_default=True,
+                     type=click.Choice(["auto", "triton", "flashinfer"]),
+                     help="vLLM: GDN prefill backend (auto: vLLM's choice for the target, FlashInfer on sm90)."),
+        click.option("--cuda-runtime", "cuda_runtime_major", default=13, show_default=True, type=click.IntRange(11),
+                     help="vLLM: CUDA runtime major of the serving image (vLLM's FlashInfer rule on sm100 reads it)."),
         click.option("-j", "--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(1),
                      help="Worker processes."),
     ]
@@ -77,9 +93,12 @@ def serving_options(fn):
     return fn
 
 
-def _make_plan(model: str, gpu: str | None, engine: str, tp: int, dtype: str | None, max_num_batched_tokens: int,
-               max_num_seqs: int, max_prefill_batch: int, families: tuple[str, ...], num_sms: int | None, jobs: int,
-               quiet: bool):
+SERVING_KEYS = ("tp", "dtype", "max_num_batched_tokens", "max_num_seqs", "max_prefill_batch", "mamba_ssm_cache_dtype",
+                "mamba_cache_dtype", "num_speculative_tokens", "max_cudagraph_capture_size", "enforce_eager",
+                "gdn_prefill_backend", "cuda_runtime_major")
+
+
+def _make_plan(model: str, opts: dict, quiet: bool):
     from .engines import detect_engine
     from .errors import BadInput
     from .model import load_model
@@ -89,13 +108,13 @@ def _make_plan(model: str, gpu: str | None, engine: str, tp: int, dtype: str | N
     from .render import console
     from .targets import resolve_target
 
+    gpu, num_sms, jobs = opts["gpu"], opts["num_sms"], opts["jobs"]
     if not gpu:
         raise BadInput("--gpu is required: a GPU profile or an arch alias such as sm90 (see `aotwarm targets`)")
     resolved = resolve_target(gpu, num_sms)
     spec, source = load_model(model)
-    eng = detect_engine(engine)
-    serving = ServingArgs(engine=eng.name, tp=tp, dtype=dtype, max_num_batched_tokens=max_num_batched_tokens,
-                          max_num_seqs=max_num_seqs, max_prefill_batch=max_prefill_batch, families=tuple(families))
+    eng = detect_engine(opts["engine"])
+    serving = ServingArgs(engine=eng.name, families=tuple(opts["families"]), **{k: opts[k] for k in SERVING_KEYS})
     err = console(stderr=True)
     if not quiet:
         if source.note:
@@ -132,15 +151,13 @@ def targets(as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan (JSON lock file).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def plan(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, max_prefill_batch, families, num_sms,
-         jobs, audit, output, as_json) -> None:
+def plan(model, audit, output, as_json, **opts) -> None:
     """Plan every autotune key and JIT specialization MODEL's kernels hit on a target GPU."""
     from .probe import audit_plan
     from .render import console, plan_tables
 
-    p = _make_plan(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, max_prefill_batch, families,
-                   num_sms, jobs, as_json)
-    report = audit_plan(p, audit, jobs=jobs) if audit else None
+    p = _make_plan(model, opts, as_json)
+    report = audit_plan(p, audit, jobs=opts["jobs"]) if audit else None
     if output:
         p.write(output)
     if as_json:
@@ -187,9 +204,8 @@ def _default_output(model: str, target: str) -> Path:
               help="Ship unmeasured results that pin the engine's first config (recorded as pinned).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def build(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, max_prefill_batch, families, num_sms,
-          jobs, plan_file, output, keep_going, work_dir, item_timeout, launchers, tune, tuning_from, pin_autotune,
-          as_json) -> None:
+def build(model, plan_file, output, keep_going, work_dir, item_timeout, launchers, tune, tuning_from, pin_autotune,
+          as_json, **opts) -> None:
     """Compile every planned kernel in child processes (no GPU needed) and write a bundle."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -209,8 +225,7 @@ def build(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, m
     if plan_file:
         p = Plan.read(plan_file)
     elif model:
-        p = _make_plan(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, max_prefill_batch,
-                       families, num_sms, jobs, as_json)
+        p = _make_plan(model, opts, as_json)
     else:
         raise BadInput("give a MODEL (repo id, directory or config.json) or --plan plan.json")
     if not p.items:
@@ -231,7 +246,7 @@ def build(model, gpu, engine, tp, dtype, max_num_batched_tokens, max_num_seqs, m
         try:
             options = build_mod.BuildOptions(launchers=launchers, tune=tune, tuning_from=tuning_from,
                                              pin_autotune=pin_autotune)
-            result = build_mod.build(p, output, jobs=jobs, keep_going=keep_going, work_dir=work_dir,
+            result = build_mod.build(p, output, jobs=opts["jobs"], keep_going=keep_going, work_dir=work_dir,
                                      item_timeout=item_timeout, on_result=tick, options=options,
                                      on_phase=lambda what: progress.update(task, description=what))
         except BuildIncomplete as e:

@@ -74,6 +74,7 @@ class ModelSpec:
     moe_intermediate_size: int | None = None
     shared_expert_intermediate_size: int | None = None
     quantization: dict = field(default_factory=dict)
+    gdn_output_gate: str = "silu"  # vLLM: config.output_gate_type (swish == silu), the RMSNormGated activation
 
     @property
     def num_gdn_layers(self) -> int:
@@ -151,6 +152,7 @@ def spec_from_config(config: dict) -> ModelSpec:
         rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
         gdn=gdn,
         mamba_ssm_dtype=text.get("mamba_ssm_dtype"),
+        gdn_output_gate={"swish": "silu"}.get(str(text.get("output_gate_type", "silu")), str(text.get("output_gate_type", "silu"))),
         num_experts=text.get("num_experts") or text.get("num_local_experts"),
         num_experts_per_tok=text.get("num_experts_per_tok"),
         moe_intermediate_size=text.get("moe_intermediate_size"),

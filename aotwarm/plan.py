@@ -25,6 +25,14 @@ class ServingArgs:
     max_num_seqs: int = 256
     max_prefill_batch: int = 1
     families: tuple[str, ...] = ("gdn",)
+    # vLLM serving settings (ignored by engines that do not have them)
+    mamba_ssm_cache_dtype: str = "auto"
+    mamba_cache_dtype: str = "auto"
+    num_speculative_tokens: int = 0
+    max_cudagraph_capture_size: int | None = None  # None: vLLM's own rule for the target
+    enforce_eager: bool = False
+    gdn_prefill_backend: str = "auto"
+    cuda_runtime_major: int = 13
 
     def to_dict(self) -> dict:
         d = asdict(self)

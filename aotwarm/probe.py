@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .plan import Plan, WorkItem
-from .planners import gdn
+from .planners import planner_for
 from .pool import PoolOptions, Task, run_tasks
 
-AUDITORS = {"gdn": gdn.audit_items}
 
 
 @dataclass
@@ -82,10 +81,16 @@ def audit_plan(plan: Plan, samples: int, seed: int = 0, jobs: int = 2) -> AuditR
     rng = random.Random(seed)
     items: list[WorkItem] = []
     while len(items) < samples:
+        before = len(items)
         for family in serving.families:
-            for it in AUDITORS[family]([i for i in plan.items if i.family == family], serving, rng):
+            planner = planner_for(family, serving.engine)
+            if planner is None:
+                continue
+            for it in planner.audit_items([i for i in plan.items if i.family == family], serving, rng):
                 it.id = f"{it.id}/{len(items)}"
                 items.append(it)
+        if len(items) == before:  # no planner can sample this plan
+            break
     items = items[:samples]
     results = _run_probe(items, plan, jobs)
     planned = set(plan.probe.get("jit_keys", []))

@@ -46,7 +46,7 @@ def package_source_sha256(package_dir: Path) -> str:
     return h.hexdigest()
 
 
-ENGINES = ("fla",)
+ENGINES = ("vllm", "fla")  # auto picks the first installed one: the serving engine first
 
 
 def detect_engine(name: str) -> EngineInfo:
@@ -57,7 +57,8 @@ def detect_engine(name: str) -> EngineInfo:
                 return detect_engine(candidate)
             except BadInput:
                 continue
-        raise BadInput("no supported engine is installed: pip install 'aotwarm[fla]' (fla-core 0.6) and pass --engine fla")
+        raise BadInput("no supported engine is installed: install the vLLM 0.33 your serving image runs, "
+                       "or pip install 'aotwarm[fla]' (fla-core 0.6)")
     if name not in ENGINES:
         raise BadInput(f"unknown engine {name!r}: supported engines are {', '.join(ENGINES)} (or auto)")
     module = importlib.import_module(f"aotwarm.engines.{name}")

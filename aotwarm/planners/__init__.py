@@ -7,9 +7,16 @@ from ..errors import BadInput
 from ..model import ModelSource, ModelSpec
 from ..plan import FamilyCoverage, Plan, ServingArgs, WorkItem
 from ..targets import ResolvedTarget
-from . import gdn
+from . import gdn, gdn_vllm
 
-FAMILIES = {"gdn": gdn.plan_family}
+# (family, engine) -> planner module with plan_family() and audit_items()
+PLANNERS = {("gdn", "fla"): gdn, ("gdn", "vllm"): gdn_vllm}
+FAMILIES = sorted({family for family, _ in PLANNERS})
+
+
+def planner_for(family: str, engine: str):
+    """The planner module for ``family`` under ``engine``, or None when this aotwarm has none."""
+    return PLANNERS.get((family, engine))
 
 
 def make_plan(spec: ModelSpec, source: ModelSource, resolved: ResolvedTarget, serving: ServingArgs,
@@ -20,7 +27,11 @@ def make_plan(spec: ModelSpec, source: ModelSource, resolved: ResolvedTarget, se
     for family in serving.families:
         if family not in FAMILIES:
             raise BadInput(f"unknown kernel family {family!r}: this aotwarm plans {', '.join(FAMILIES)}")
-        coverage, family_items = FAMILIES[family](spec, resolved.target, serving, engine)
+        planner = planner_for(family, engine.name)
+        if planner is None:
+            families.append(FamilyCoverage(family, "not-covered", f"no {family} planner for engine {engine.name}"))
+            continue
+        coverage, family_items = planner.plan_family(spec, resolved.target, serving, engine)
         families.append(coverage)
         items.extend(family_items)
     ids = [i.id for i in items]

@@ -1,0 +1,299 @@
+"""vLLM engine (0.33.x): the Triton kernels vLLM's Qwen3.5 / Qwen3-Next Gated DeltaNet layer launches.
+
+Every op imports vLLM's own kernel entry points from the installed vLLM and calls them with
+tensors laid out exactly as ``QwenGatedDeltaNetAttention`` lays them out (vLLM 0.33
+``model_executor/layers/mamba/gdn/qwen_gdn_linear_attn.py``): strides are constexprs or
+specialized ints in these kernels, so a tensor with another stride would compile another kernel.
+
+* input layout: Qwen3.5 splits ``mixed_qkv`` out of the fused ``[T, qkv + z]`` projection (row
+  stride ``qkv + z``); Qwen3-Next (interleaved GQA) concatenates q, k, v into a contiguous
+  ``[T, qkv]``.  ``b``/``a`` are made contiguous ``[T, HV]``.
+* mamba cache: conv state stored ``(blocks, W - 1 + num_spec, conv_dim)`` (vLLM's default "SD"
+  layout) and passed transposed; recurrent state ``(blocks, HV, V, K)`` in the SSM cache dtype.
+  ``num_spec`` changes the conv-state strides, which are constexprs of the conv kernels.
+* ops: ``gdn_conv_prefill`` (``causal_conv1d_fn``), ``gdn_post_conv`` (``fused_post_conv_prep``),
+  ``gdn_chunk_prefill`` (vLLM's FLA ``chunk_gated_delta_rule``, Triton prefill backend),
+  ``gdn_conv_update`` (``causal_conv1d_update``, plain and speculative), ``gdn_packed_decode``
+  (``fused_recurrent_gated_delta_rule_packed_decode``), ``gdn_sigmoid_gating_update``
+  (``fused_sigmoid_gating_delta_rule_update``, mixed batches and speculative), and
+  ``gdn_gated_rmsnorm`` (``rmsnorm_fn``, what ``RMSNormGated`` runs).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInput
+from . import EngineInfo, package_source_sha256
+
+SUPPORTED = ("0.33.",)
+ALLOW_ENV = "AOTWARM_ALLOW_ENGINE_VERSION"
+# The vLLM source folders whose Python text the planned kernels come from (their hash is recorded).
+KERNEL_SOURCES = ("third_party/flash_linear_attention", "model_executor/layers/mamba/ops",
+                  "model_executor/layers/fused_moe", "model_executor/warmup", "triton_utils")
+
+
+def detect() -> EngineInfo:
+    try:
+        version = importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        raise BadInput("engine 'vllm' is not installed: install the vLLM your serving image runs (aotwarm supports 0.33.x)")
+    if not version.startswith(SUPPORTED) and os.environ.get(ALLOW_ENV) != version:
+        raise BadInput(f"vLLM {version} is installed but aotwarm plans vLLM {', '.join(s + 'x' for s in SUPPORTED)} "
+                       f"(kernel keys and dispatch rules differ between releases): install vllm 0.33, or set "
+                       f"{ALLOW_ENV}={version} to plan it with the 0.33 rules at your own risk")
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        raise BadInput("vLLM is installed but the 'vllm' package cannot be found on sys.path")
+    location = Path(list(spec.submodule_search_locations)[0])
+    return EngineInfo("vllm", "vllm", version, kernel_sources_sha256(location), str(location))
+
+
+def kernel_sources_sha256(location: Path) -> str:
+    """One hash over the kernel source folders (a node with different kernel text would miss)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in KERNEL_SOURCES:
+        folder = location / rel
+        h.update(rel.encode() + b"\0" + (package_source_sha256(folder) if folder.is_dir() else "absent").encode())
+    return h.hexdigest()
+
+
+# -- shared tensor set-up --------------------------------------------------------------------------
+
+
+def _setup(device: str) -> None:
+    from .vllm_platform import ensure_cuda_platform
+
+    ensure_cuda_platform(force=(device == "cpu"))
+    if device == "cpu":
+        # Build workers hold CPU tensors: vLLM's host->device staging would ask for pinned memory,
+        # which needs a real GPU.  It is a copy detail that no kernel key depends on.
+        import vllm.utils.torch_utils as torch_utils
+
+        torch_utils.PIN_MEMORY = False
+
+
+def _dt(name: str):
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+class _Layer:
+    """The tensors one GDN layer owns, TP-local, as vLLM allocates them."""
+
+    def __init__(self, p: dict[str, Any], device: str):
+        import torch
+
+        self.p, self.device = p, device
+        self.hk, self.hv, self.k, self.v, self.w = (p["num_k_heads"], p["num_v_heads"], p["head_k_dim"],
+                                                     p["head_v_dim"], p["conv_kernel"])
+        self.dtype, self.ssm_dtype, self.conv_dtype = _dt(p["dtype"]), _dt(p["ssm_state_dtype"]), _dt(p["conv_state_dtype"])
+        self.num_spec = p.get("num_spec", 0)
+        self.qkv = 2 * self.hk * self.k + self.hv * self.v
+        self.blocks = p.get("cache_blocks", 64)
+        gen = torch.Generator(device=device).manual_seed(0)
+        self.gen = gen
+        # conv1d weight (conv_dim, 1, W) viewed as (conv_dim, W); no bias in Qwen GDN
+        self.conv_weight = (torch.randn(self.qkv, 1, self.w, dtype=self.dtype, device=device, generator=gen) * 0.1
+                            ).view(self.qkv, self.w)
+        self.A_log = torch.randn(self.hv, dtype=torch.float32, device=device, generator=gen) * 0.1
+        self.dt_bias = torch.ones(self.hv, dtype=self.dtype, device=device)
+        # SD layout: stored (blocks, state_len, dim), used transposed as (blocks, dim, state_len)
+        self.conv_state = torch.zeros(self.blocks, self.w - 1 + self.num_spec, self.qkv, dtype=self.conv_dtype,
+                                      device=device).transpose(-1, -2)
+        self.ssm_state = torch.zeros(self.blocks, self.hv, self.v, self.k, dtype=self.ssm_dtype, device=device)
+
+    def projections(self, tokens: int):
+        """mixed_qkv (with the projection's row stride), b, a as the layer passes them on."""
+        import torch
+
+        z = self.hv * self.v
+        width = self.qkv + (0 if self.p.get("interleaved") else z)
+        proj = torch.randn(tokens, width, dtype=self.dtype, device=self.device, generator=self.gen)
+        mixed_qkv = proj if self.p.get("interleaved") else proj[:, : self.qkv]
+        if self.p.get("interleaved"):  # Qwen3-Next: b/a reshaped out of the interleaved split -> fresh rows
+            b = torch.randn(tokens, self.hv, dtype=self.dtype, device=self.device, generator=self.gen)
+            a = torch.randn(tokens, self.hv, dtype=self.dtype, device=self.device, generator=self.gen)
+            return mixed_qkv, b, a
+        # Qwen3.5: ba.chunk(2, -1) then .contiguous(), a no-op for one token (the row stride stays 2*HV)
+        ba = torch.randn(tokens, 2 * self.hv, dtype=self.dtype, device=self.device, generator=self.gen)
+        b, a = ba.chunk(2, dim=-1)
+        return mixed_qkv, b.contiguous(), a.contiguous()
+
+    def seq_bounds(self, tokens: int, seqs: int):
+        import torch
+
+        bounds = torch.linspace(0, tokens, seqs + 1).round().to(torch.int32)
+        return bounds.to(self.device)
+
+    def indices(self, n: int):
+        import torch
+
+        return torch.arange(1, n + 1, dtype=torch.int32, device=self.device) % self.blocks
+
+
+# -- ops --------------------------------------------------------------------------------------------
+
+
+def gdn_conv_prefill(p: dict[str, Any], device: str) -> None:
+    _setup(device)
+    import torch
+    from vllm.model_executor.layers.mamba.ops.causal_conv1d import causal_conv1d_fn
+
+    layer = _Layer(p, device)
+    t, n = p["tokens"], p["num_seqs"]
+    mixed_qkv, _, _ = layer.projections(t)
+    if p.get("gathered"):  # batches with speculative sequences: index_select gives contiguous rows
+        mixed_qkv = mixed_qkv.contiguous()
+    has_initial = torch.tensor([i % 2 == 1 for i in range(n)], dtype=torch.bool, device=device)
+    causal_conv1d_fn(mixed_qkv.transpose(0, 1), layer.conv_weight, None, activation="silu",
+                     conv_states=layer.conv_state, has_initial_state=has_initial, cache_indices=layer.indices(n),
+                     query_start_loc=layer.seq_bounds(t, n))
+
+
+def _post_conv(layer: _Layer, conv_out, b, a):
+    from vllm.third_party.flash_linear_attention.ops.fused_gdn_prefill_post_conv import fused_post_conv_prep
+
+    return fused_post_conv_prep(conv_output=conv_out, a=a, b=b, A_log=layer.A_log, dt_bias=layer.dt_bias,
+                                num_k_heads=layer.hk, head_k_dim=layer.k, head_v_dim=layer.v,
+                                apply_l2norm=True, output_g_exp=False)
+
+
+def gdn_post_conv(p: dict[str, Any], device: str) -> None:
+    """``fused_post_conv_prep`` on the conv output of a prefill (causal_conv1d_fn returns a new tensor)."""
+    _setup(device)
+    layer = _Layer(p, device)
+    d = p.get("decode_tokens", 0)  # a prefill behind d decode tokens in a mixed batch gets sliced inputs
+    mixed_qkv, b, a = layer.projections(d + p["tokens"])
+    conv_out = mixed_qkv.contiguous()  # causal_conv1d_fn(x.T).T is a contiguous [T, qkv] tensor
+    _post_conv(layer, conv_out[d:], b[d:], a[d:])
+
+
+def gdn_chunk_prefill(p: dict[str, Any], device: str) -> None:
+    """vLLM's FLA chunk pipeline as ``ChunkGatedDeltaRule.forward_native`` calls it (Triton backend)."""
+    _setup(device)
+    import torch
+    from vllm.third_party.flash_linear_attention.ops import chunk_gated_delta_rule
+    from vllm.third_party.flash_linear_attention.ops.index import prepare_chunk_indices, prepare_chunk_offsets
+
+    layer = _Layer(p, device)
+    t, n = p["tokens"], p["num_seqs"]
+    mixed_qkv, b, a = layer.projections(t)
+    conv_out = mixed_qkv.contiguous()
+    q, k, v, g, beta = (x.unsqueeze(0) for x in _post_conv(layer, conv_out, b, a))
+    cu_cpu = torch.linspace(0, t, n + 1).round().to(torch.int32)
+    indices = layer.indices(n)
+    initial_state = layer.ssm_state[indices]
+    chunk_gated_delta_rule(q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state, output_final_state=True,
+                           cu_seqlens=cu_cpu.to(device),
+                           chunk_indices=prepare_chunk_indices(cu_cpu, 64).to(device),
+                           chunk_offsets=prepare_chunk_offsets(cu_cpu, 64).to(device),
+                           use_qk_l2norm_in_kernel=False)
+
+
+def gdn_conv_update(p: dict[str, Any], device: str) -> None:
+    """Decode conv: plain (one token per sequence) or speculative (``num_spec + 1`` tokens per sequence)."""
+    _setup(device)
+    import torch
+    from vllm.model_executor.layers.mamba.ops.causal_conv1d import causal_conv1d_update
+
+    layer = _Layer(p, device)
+    batch = p["batch"]
+    if p.get("speculative"):
+        q_len = layer.num_spec + 1
+        mixed_qkv, _, _ = layer.projections(batch * q_len)
+        spec_indices = torch.arange(1, batch * q_len + 1, dtype=torch.int32, device=device).view(batch, q_len) % layer.blocks
+        causal_conv1d_update(mixed_qkv, layer.conv_state, layer.conv_weight, None, "silu",
+                             conv_state_indices=spec_indices[:, 0][:batch],
+                             num_accepted_tokens=torch.ones(batch, dtype=torch.int32, device=device),
+                             query_start_loc=torch.arange(0, (batch + 1) * q_len, q_len, dtype=torch.int32, device=device),
+                             max_query_len=q_len, validate_data=False)
+    else:
+        mixed_qkv, _, _ = layer.projections(batch)
+        causal_conv1d_update(mixed_qkv, layer.conv_state, layer.conv_weight, None, "silu",
+                             conv_state_indices=layer.indices(batch), validate_data=p.get("validate", False))
+
+
+def gdn_packed_decode(p: dict[str, Any], device: str) -> None:
+    """Pure-decode batch: conv update in place, then the packed recurrent decode kernel."""
+    _setup(device)
+    import torch
+    from vllm.third_party.flash_linear_attention.ops.fused_recurrent import (
+        fused_recurrent_gated_delta_rule_packed_decode,
+    )
+
+    layer = _Layer(p, device)
+    batch = p["batch"]
+    mixed_qkv, b, a = layer.projections(batch)
+    out = torch.zeros(batch, layer.hv, layer.v, dtype=layer.dtype, device=device)
+    fused_recurrent_gated_delta_rule_packed_decode(
+        mixed_qkv=mixed_qkv, a=a, b=b, A_log=layer.A_log, dt_bias=layer.dt_bias, scale=layer.k ** -0.5,
+        initial_state=layer.ssm_state, out=out.unsqueeze(1), ssm_state_indices=layer.indices(batch),
+        use_qk_l2norm_in_kernel=True)
+
+
+def gdn_sigmoid_gating_update(p: dict[str, Any], device: str) -> None:
+    """Recurrent update for the decode part of a mixed batch, or for speculative sequences."""
+    _setup(device)
+    import torch
+    from vllm.third_party.flash_linear_attention.ops.fused_sigmoid_gating import fused_sigmoid_gating_delta_rule_update
+
+    layer = _Layer(p, device)
+    batch = p["batch"]
+    q_len = layer.num_spec + 1 if p.get("speculative") else 1
+    mixed_qkv, b, a = layer.projections(batch * q_len)
+    q, k, v = _split_qkv(layer, mixed_qkv)
+    cu = torch.arange(0, (batch + 1) * q_len, q_len, dtype=torch.int32, device=device)
+    if p.get("speculative"):
+        indices = torch.arange(1, batch * q_len + 1, dtype=torch.int32, device=device).view(batch, q_len) % layer.blocks
+        accepted = torch.ones(batch, dtype=torch.int32, device=device)
+    else:
+        indices, accepted = layer.indices(batch), None
+    fused_sigmoid_gating_delta_rule_update(A_log=layer.A_log, a=a, b=b, dt_bias=layer.dt_bias, q=q, k=k, v=v,
+                                           initial_state=layer.ssm_state, inplace_final_state=True, cu_seqlens=cu,
+                                           ssm_state_indices=indices, num_accepted_tokens=accepted,
+                                           use_qk_l2norm_in_kernel=True)
+
+
+def _split_qkv(layer: _Layer, mixed_qkv):
+    """``QwenGatedDeltaNetAttention.rearrange_mixed_qkv``: split and view as [1, T, heads, dim]."""
+    import torch
+
+    t, qd, vd = mixed_qkv.size(0), layer.hk * layer.k, layer.hv * layer.v
+    q, k, v = torch.split(mixed_qkv, [qd, qd, vd], dim=-1)
+    fused = torch.cat([q.reshape(-1), k.reshape(-1), v.reshape(-1)], dim=0)  # one buffer, as vLLM does
+    return (fused[: t * qd].view(1, t, -1, layer.k), fused[t * qd: 2 * t * qd].view(1, t, -1, layer.k),
+            fused[2 * t * qd:].view(1, t, -1, layer.v))
+
+
+def gdn_gated_rmsnorm(p: dict[str, Any], device: str) -> None:
+    """``RMSNormGated`` (norm before gate) on ``[tokens, HV, V]``: vLLM's ``rmsnorm_fn``."""
+    _setup(device)
+    import torch
+    from vllm.third_party.flash_linear_attention.ops.layernorm_guard import rmsnorm_fn
+
+    dt = _dt(p["dtype"])
+    t, hv, dv = p["tokens"], p["num_v_heads"], p["head_v_dim"]
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(t, hv, dv, dtype=dt, device=device, generator=gen)
+    z = torch.randn(t, hv, dv, dtype=dt, device=device, generator=gen)
+    weight = torch.ones(dv, dtype=_dt(p["weight_dtype"]), device=device)
+    rmsnorm_fn(x, weight, None, z=z, eps=p["eps"], group_size=None, norm_before_gate=True, activation=p["activation"])
+
+
+OPS = {
+    "gdn_conv_prefill": gdn_conv_prefill,
+    "gdn_post_conv": gdn_post_conv,
+    "gdn_chunk_prefill": gdn_chunk_prefill,
+    "gdn_conv_update": gdn_conv_update,
+    "gdn_packed_decode": gdn_packed_decode,
+    "gdn_sigmoid_gating_update": gdn_sigmoid_gating_update,
+    "gdn_gated_rmsnorm": gdn_gated_rmsnorm,
+}

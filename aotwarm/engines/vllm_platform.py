@@ -1,0 +1,106 @@
+"""Make ``vllm.platforms.current_platform`` answer as a CUDA platform before vLLM's kernel modules load.
+
+vLLM resolves its platform lazily through NVML; a GPU-less builder has no NVML, so vLLM would
+pick its CPU/unspecified platform and its kernel modules would then choose non-CUDA paths
+(``launch_pdl``, ``is_cuda_alike``, SM counts).  The build worker therefore sets the platform
+explicitly:
+
+* vLLM's own ``NonNvmlCudaPlatform`` when it imports (a full vLLM install: its compiled extension
+  loads with the torch it was built for).  It reads ``torch.cuda``, which the virtual device
+  answers as the target GPU;
+* otherwise ``TorchCudaPlatform`` below, which answers the queries vLLM's GDN/MoE kernel modules
+  make (capability, name, SM count, PDL, CUDA runtime) from ``torch.cuda`` the same way vLLM's
+  CUDA platform does.  This is for environments where vLLM's compiled extension cannot load
+  (vLLM's Python sources next to a different torch, as on our test machines); the manifest
+  records which one was used.
+
+On a serving node (replay) a platform that vLLM already resolved to CUDA is left alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PLATFORM_CHOICE: dict[str, str] = {}
+
+
+def _shim_class() -> type:
+    import torch
+    from vllm.platforms.interface import DeviceCapability, Platform, PlatformEnum
+
+    class TorchCudaPlatform(Platform):
+        """vLLM's CUDA platform answers, read from torch.cuda (no NVML, no compiled extension)."""
+
+        _enum = PlatformEnum.CUDA
+        device_name = "cuda"
+        device_type = "cuda"
+        dispatch_key = "CUDA"
+        ray_device_key = "GPU"
+        dist_backend = "nccl"
+        device_control_env_var = "CUDA_VISIBLE_DEVICES"
+        cuda_runtime_major = 0
+
+        @classmethod
+        def get_device_capability(cls, device_id: int = 0) -> Any:
+            major, minor = torch.cuda.get_device_capability(device_id)
+            return DeviceCapability(major=major, minor=minor)
+
+        @classmethod
+        def get_device_name(cls, device_id: int = 0) -> str:
+            return torch.cuda.get_device_name(device_id)
+
+        @classmethod
+        def get_device_total_memory(cls, device_id: int = 0) -> int:
+            return torch.cuda.get_device_properties(device_id).total_memory
+
+        @classmethod
+        def num_compute_units(cls, device_id: int = 0) -> int:
+            return torch.cuda.get_device_properties(device_id).multi_processor_count
+
+        @classmethod
+        def get_cuda_runtime_major(cls) -> int:
+            if cls.cuda_runtime_major:
+                return cls.cuda_runtime_major
+            major = (torch.version.cuda or "0").split(".", 1)[0]
+            return int(major) if major.isdigit() else 0
+
+        @classmethod
+        def is_arch_support_pdl(cls) -> bool:
+            return torch.cuda.get_device_capability(torch.cuda.current_device())[0] >= 9
+
+        @classmethod
+        def current_device(cls) -> int:
+            return torch.cuda.current_device()
+
+    return TorchCudaPlatform
+
+
+def ensure_cuda_platform(cuda_runtime_major: int = 0, force: bool = False) -> str:
+    """Set vLLM's current platform to a CUDA platform; returns which one ("vllm" or "aotwarm-shim").
+
+    ``force``: replace whatever vLLM resolved (build workers: the builder may have no GPU, so
+    vLLM's own resolution would say CPU).  Without it, a CUDA platform vLLM resolved is kept.
+    """
+    import vllm.platforms as platforms
+
+    if not force and platforms._current_platform is not None and platforms._current_platform.is_cuda():
+        PLATFORM_CHOICE["platform"] = "vllm"
+        return "vllm"
+    if not force:
+        try:
+            if platforms.current_platform.is_cuda():
+                PLATFORM_CHOICE["platform"] = "vllm"
+                return "vllm"
+        except Exception:  # vLLM could not resolve a platform here; fall through to setting one
+            pass
+    try:
+        from vllm.platforms.cuda import NonNvmlCudaPlatform
+
+        platform, choice = NonNvmlCudaPlatform(), "vllm"
+    except Exception:  # compiled extension not loadable next to this torch
+        cls = _shim_class()
+        cls.cuda_runtime_major = cuda_runtime_major
+        platform, choice = cls(), "aotwarm-shim"
+    platforms._current_platform = platform
+    PLATFORM_CHOICE["platform"] = choice
+    return choice

@@ -1,0 +1,281 @@
+"""Gated DeltaNet family planner for vLLM 0.33 (``QwenGatedDeltaNetAttention``, Qwen3.5 / Qwen3-Next).
+
+What each Triton kernel of the layer specializes on, read from vLLM 0.33's sources and checked by
+``aotwarm plan --audit N`` (random serving shapes through vLLM's own functions, key by key):
+
+* ``_causal_conv1d_fwd_kernel`` (prefill conv): strides and ``dim`` are constexprs, the token count
+  only sizes the grid, ``num_cache_lines`` is keyed on ``== 1`` only: one key per input layout.
+* ``_fused_post_conv_kernel``: the token count ``L`` is a specialized int -> classes 1, %16, other.
+* chunk pipeline (Triton backend only): ``T``/``N`` are ``do_not_specialize``; one autotune key per
+  kernel for the model's head dims and dtypes.  On sm90 (and sm100/sm120 with K=128, CUDA >= 13)
+  vLLM runs FlashInfer's JIT prefill instead: reported as not covered by this bundle.
+* ``layer_norm_fwd_kernel`` (RMSNormGated): ``M = tokens * HV`` is a specialized int and
+  ``ROWS_PER_BLOCK = min(next_pow2(cdiv(M, 2 * SMs)), 4)`` a constexpr -> one key per reachable
+  (class of M, ROWS_PER_BLOCK); this depends on the SM count.
+* ``_causal_conv1d_update_kernel``: ``batch`` is a specialized int (classes over the reachable
+  decode batch sizes: CUDA-graph capture sizes, then eager sizes up to ``max_num_seqs``); the
+  speculative variant has ``seqlen = k + 1`` and a longer state as constexprs.
+* ``fused_recurrent_gated_delta_rule_packed_decode_kernel``: constexprs only; the grid switches to
+  ``SPLIT_BATCH_HEAD_GRID`` when ``B * HV > 65535``, and on the sm100 family with K=V=128 ``BV``
+  depends on ``B * HV <= 64``.
+* ``fused_sigmoid_gating_delta_rule_update_kernel``: ``N``/``T`` are ``do_not_specialize``; one key
+  for the decode part of mixed batches, one for speculative sequences.
+"""
+
+from __future__ import annotations
+
+from ..engines import EngineInfo
+from ..model import ModelSpec
+from ..plan import FamilyCoverage, KernelCoverage, ServingArgs, WorkItem
+from ..targets import Target
+
+CHUNK_KERNELS = ("chunk_local_cumsum_scalar_kernel", "chunk_scaled_dot_kkt_fwd_kernel",
+                 "merge_16x16_to_64x64_inverse_kernel", "recompute_w_u_fwd_kernel",
+                 "chunk_gated_delta_rule_fwd_kernel_h_blockdim64", "chunk_fwd_kernel_o")
+FUSED_MTP_STATE_DTYPES = ("bfloat16", "float32")
+
+
+def int_class(n: int) -> str:
+    """Triton's value class of a specialized int argument."""
+    return "1" if n == 1 else ("16" if n % 16 == 0 else "other")
+
+
+def next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def rows_per_block(m: int, sms: int) -> int:
+    """vLLM 0.33 ``calc_rows_per_block``."""
+    return min(next_pow2(-(-m // (2 * sms))), 4)
+
+
+def capture_sizes(serving: ServingArgs, target: Target) -> list[int]:
+    """vLLM 0.33's default CUDA-graph capture sizes (token counts) for this serving setup."""
+    if serving.enforce_eager:
+        return []
+    query_len = 1 + serving.num_speculative_tokens
+    cap = serving.max_cudagraph_capture_size or min(serving.max_num_seqs * query_len * 2,
+                                                   1024 if target.capability[0] == 10 else 512)
+    cap = min(cap, serving.max_num_batched_tokens)
+    sizes = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, cap + 1, 16))
+    return [s for s in sizes if s <= cap]
+
+
+def decode_batches(serving: ServingArgs, target: Target, query_len: int = 1) -> list[int]:
+    """Every sequence count a decode-only step of ``query_len`` tokens per sequence can present."""
+    limit = min(serving.max_num_seqs, serving.max_num_batched_tokens // query_len)
+    graphs = [s // query_len for s in capture_sizes(serving, target) if s % query_len == 0 and s // query_len <= limit]
+    largest = max(graphs, default=0)
+    # batches up to the largest captured size are padded to a capture size; larger ones run eagerly
+    return sorted(set(graphs) | set(range(largest + 1, limit + 1)))
+
+
+def class_representatives(values: list[int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in sorted(values):
+        out.setdefault(int_class(v), v)
+    return out
+
+
+def prefill_backend(spec: ModelSpec, target: Target, serving: ServingArgs) -> tuple[str, str]:
+    """(backend, why): vLLM 0.33 ``_resolve_gdn_prefill_backend`` for a CUDA target."""
+    major, minor = target.capability
+    k = spec.gdn.head_k_dim if spec.gdn else 0
+    fi = ((major, minor) == (9, 0)
+          or (major in (10, 12) and k == 128 and serving.cuda_runtime_major >= 13))
+    asked = serving.gdn_prefill_backend
+    if asked in ("auto", "flashinfer") and fi:
+        return "flashinfer", f"vLLM picks FlashInfer GDN prefill on sm{major}{minor} ({asked})"
+    if asked == "flashinfer":
+        return "triton", f"FlashInfer GDN prefill is not available on sm{major}{minor}: vLLM falls back to Triton/FLA"
+    return "triton", ("--gdn-prefill-backend triton" if asked == "triton"
+                      else f"vLLM uses Triton/FLA GDN prefill on sm{major}{minor}")
+
+
+def fused_mtp_decode(spec: ModelSpec, target: Target, params: dict) -> bool:
+    """Whether vLLM 0.33 sends pure speculative decode to its AOT CUDA op (no JIT)."""
+    return (not params["interleaved"] and params["head_k_dim"] == 128 and params["head_v_dim"] == 128
+            and spec.gdn_output_gate in ("silu", "sigmoid") and params["dtype"] == "bfloat16"
+            and params["conv_state_dtype"] == "bfloat16" and params["ssm_state_dtype"] in FUSED_MTP_STATE_DTYPES
+            and target.capability[0] >= 8)
+
+
+def state_dtypes(spec: ModelSpec, serving: ServingArgs, dtype: str) -> tuple[str, str]:
+    """(conv state dtype, recurrent state dtype) as vLLM 0.33 derives them."""
+    conv = dtype if serving.mamba_cache_dtype == "auto" else serving.mamba_cache_dtype
+    ssm = serving.mamba_ssm_cache_dtype
+    if ssm == "auto":  # Qwen3.5 configs carry mamba_ssm_dtype, which vLLM applies
+        ssm = spec.mamba_ssm_dtype or conv
+    return conv, ssm
+
+
+def layer_params(spec: ModelSpec, serving: ServingArgs) -> dict:
+    dims = spec.gdn.local(serving.tp)
+    dtype = serving.dtype or spec.dtype
+    conv_dtype, ssm_dtype = state_dtypes(spec, serving, dtype)
+    return {"num_k_heads": dims.num_k_heads, "num_v_heads": dims.num_v_heads, "head_k_dim": dims.head_k_dim,
+            "head_v_dim": dims.head_v_dim, "conv_kernel": dims.conv_kernel, "dtype": dtype,
+            "conv_state_dtype": conv_dtype, "ssm_state_dtype": ssm_dtype,
+            "interleaved": spec.text_model_type == "qwen3_next", "num_spec": serving.num_speculative_tokens,
+            "cache_blocks": serving.max_num_seqs + 1}
+
+
+def norm_rows(max_tokens: int, hv: int, sms: int) -> dict[tuple[str, int], int]:
+    """(class of M, ROWS_PER_BLOCK) -> the smallest token count reaching it (vLLM's own enumeration)."""
+    out: dict[tuple[str, int], int] = {}
+    for t in range(1, max_tokens + 1):
+        m = t * hv
+        out.setdefault((int_class(m), rows_per_block(m, sms)), t)
+    return out
+
+
+def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: EngineInfo
+                ) -> tuple[FamilyCoverage, list[WorkItem]]:
+    if spec.gdn is None or spec.num_gdn_layers == 0:
+        return FamilyCoverage("gdn", "not-applicable", f"{spec.text_model_type} has no Gated DeltaNet layers"), []
+    base = layer_params(spec, serving)
+    hv, k, v = base["num_v_heads"], base["head_k_dim"], base["head_v_dim"]
+    max_tokens, nspec = serving.max_num_batched_tokens, serving.num_speculative_tokens
+    backend, backend_why = prefill_backend(spec, target, serving)
+    items: list[WorkItem] = []
+    kernels: list[KernelCoverage] = []
+    uncovered: list[str] = []
+
+    def add(item_id: str, op: str, reason: str, **params) -> None:
+        items.append(WorkItem(item_id, "gdn", f"vllm.{op}", {**base, **params}, reason))
+
+    # -- prefill ---------------------------------------------------------------------------------
+    add("gdn/conv-prefill", "gdn_conv_prefill", "prefill conv1d: token count only sizes the grid",
+        tokens=min(64, max_tokens), num_seqs=1)
+    conv_classes = ["one key: strides/dim constexpr, num_cache_lines keyed on == 1 only (never 1 in serving)"]
+    if nspec:
+        add("gdn/conv-prefill/spec-batch", "gdn_conv_prefill",
+            "prefill conv1d in a batch with speculative sequences (input gathered with index_select: contiguous rows)",
+            tokens=min(64, max_tokens), num_seqs=1, gathered=True)
+        conv_classes.append("batches with speculative sequences: gathered (contiguous) input rows")
+    kernels.append(KernelCoverage("_causal_conv1d_fwd_kernel", f"prefill tokens 1..{max_tokens}", conv_classes))
+
+    post = class_representatives(list(range(1, max_tokens + 1)))
+    post_classes = []
+    for cls, t in sorted(post.items(), key=lambda kv: kv[1]):
+        add(f"gdn/post-conv/L-{cls}", "gdn_post_conv", f"fused post-conv prep, prefill-only batch, L={t} (class {cls})",
+            tokens=t)
+        post_classes.append(f"L specialized: class {cls} at L={t}")
+        if t + 1 <= max_tokens:  # behind decode tokens: sliced a/b/conv rows (one token keeps the projection stride)
+            add(f"gdn/post-conv/L-{cls}/mixed", "gdn_post_conv",
+                f"fused post-conv prep, L={t} prefill tokens behind 1 decode token (sliced inputs)",
+                tokens=t, decode_tokens=1)
+            post_classes.append(f"class {cls} behind decode tokens (mixed batch)")
+    kernels.append(KernelCoverage("_fused_post_conv_kernel", f"prefill tokens 1..{max_tokens}", post_classes))
+
+    if backend == "triton":
+        add("gdn/chunk-prefill", "gdn_chunk_prefill", f"chunked prefill pipeline ({backend_why})",
+            tokens=min(64, max_tokens), num_seqs=1)
+        for kern in CHUNK_KERNELS:
+            kernels.append(KernelCoverage(kern, f"prefill tokens 1..{max_tokens}, any number of sequences", [
+                "T, N do_not_specialize: every token count shares one compile key",
+                "initial state always passed (gathered from the mamba cache), final state always stored",
+                f"one autotune key (HV={hv}, K={k}, V={v}, BT=64, dtypes): every config compiled"]))
+    else:
+        uncovered.append(f"GDN chunked prefill: {backend_why}; FlashInfer's gdn_prefill JIT module lives in the "
+                         "FlashInfer cache (or the flashinfer-jit-cache wheel), not in this Triton bundle. "
+                         "Use --gdn-prefill-backend triton (and the same setting in vLLM) to plan the Triton path")
+
+    # -- gated RMSNorm (every token of every batch) ----------------------------------------------
+    sms = target.num_sms
+    rows = norm_rows(max_tokens, hv, sms)
+    for (cls, rpb), t in sorted(rows.items(), key=lambda kv: kv[1]):
+        add(f"gdn/gated-rmsnorm/M-{cls}/rows{rpb}", "gdn_gated_rmsnorm",
+            f"RMSNormGated over {t}x{hv} rows: M class {cls}, ROWS_PER_BLOCK={rpb} at {sms} SMs",
+            tokens=t, weight_dtype=base["dtype"], activation=spec.gdn_output_gate, eps=spec.rms_norm_eps)
+    kernels.append(KernelCoverage("layer_norm_fwd_kernel", f"tokens 1..{max_tokens} (M = tokens x {hv})",
+                                  [f"M class {c}, ROWS_PER_BLOCK {r} from {t} tokens"
+                                   for (c, r), t in sorted(rows.items(), key=lambda kv: kv[1])]
+                                  + [f"ROWS_PER_BLOCK depends on the SM count ({sms})"]))
+
+    # -- decode ------------------------------------------------------------------------------------
+    batches = decode_batches(serving, target)
+    reps = class_representatives(batches)
+    for cls, b in sorted(reps.items(), key=lambda kv: kv[1]):
+        add(f"gdn/conv-update/batch-{cls}", "gdn_conv_update", f"decode conv update, batch {b} (class {cls})", batch=b)
+    conv_update = KernelCoverage("_causal_conv1d_update_kernel", _batch_range(batches, serving),
+                                 [f"batch class {c} at {b}" for c, b in sorted(reps.items(), key=lambda kv: kv[1])])
+    kernels.append(conv_update)
+    packed = _packed_variants(batches, hv, k, v, target, base["ssm_state_dtype"])
+    for label, b in packed.items():
+        add(f"gdn/packed-decode/{label}", "gdn_packed_decode", f"packed recurrent decode, batch {b} ({label})", batch=b)
+    kernels.append(KernelCoverage("fused_recurrent_gated_delta_rule_packed_decode_kernel", _batch_range(batches, serving),
+                                  [f"{label} (batch {b})" for label, b in packed.items()]))
+    add("gdn/sigmoid-gating/mixed", "gdn_sigmoid_gating_update",
+        "recurrent update of the decode part of a prefill+decode batch", batch=1)
+    sig_classes = ["N, T do_not_specialize: decode part of mixed batches"]
+    if nspec:
+        spec_batches = decode_batches(serving, target, query_len=nspec + 1)
+        sreps = class_representatives(spec_batches)
+        for cls, b in sorted(sreps.items(), key=lambda kv: kv[1]):
+            add(f"gdn/conv-update/spec-batch-{cls}", "gdn_conv_update",
+                f"speculative conv update: {b} sequences x {nspec + 1} tokens (class {cls})", batch=b, speculative=True)
+        conv_update.classes.extend(f"speculative ({nspec + 1} tokens/seq): batch class {c} at {b}"
+                                   for c, b in sorted(sreps.items(), key=lambda kv: kv[1]))
+        add("gdn/sigmoid-gating/spec", "gdn_sigmoid_gating_update",
+            f"speculative recurrent update ({nspec + 1} tokens per sequence, accepted-token counts)", batch=1,
+            speculative=True)
+        sig_classes.append(f"speculative sequences ({nspec + 1} tokens each)")
+        if fused_mtp_decode(spec, target, base):
+            uncovered.append("speculative decode-only steps run vLLM's AOT CUDA op fused_gdn_decode_post_conv_mtp "
+                             "(VLLM_GDN_DECODE_KERNEL=cuda): compiled into vLLM, no JIT, nothing to bundle")
+    kernels.append(KernelCoverage("fused_sigmoid_gating_delta_rule_update_kernel", "any decode batch", sig_classes))
+    kernels.sort(key=lambda kc: kc.kernel)
+
+    summary = (f"{spec.num_gdn_layers} GDN layers, TP-local HK={base['num_k_heads']} HV={hv} K={k} V={v}, "
+               f"{base['dtype']}, conv state {base['conv_state_dtype']}, SSM state {base['ssm_state_dtype']}, "
+               f"prefill backend {backend} ({backend_why})"
+               + (f", {nspec} speculative tokens" if nspec else ""))
+    uncovered.append("full-attention layers: FlashAttention / FlashInfer attention backends, not a Triton JIT family")
+    return FamilyCoverage("gdn", "planned", summary, kernels, uncovered=uncovered), items
+
+
+def _batch_range(batches: list[int], serving: ServingArgs) -> str:
+    mode = "eager" if serving.enforce_eager else "CUDA-graph sizes then eager"
+    return f"decode batch 1..{max(batches, default=0)} ({mode})"
+
+
+def _packed_variants(batches: list[int], hv: int, k: int, v: int, target: Target, ssm_dtype: str) -> dict[str, int]:
+    """Distinct constexpr combinations of the packed decode kernel over the reachable batches."""
+    out: dict[str, int] = {}
+    for b in batches:
+        split = b * hv > 65535
+        bv = min(next_pow2(v), 32)
+        if k == v == 128 and target.capability[0] == 10:
+            bv = 4 if b * hv <= 64 else (8 if ssm_dtype == "float32" else bv)
+        # one sequence: b/a keep the projection's row stride (.contiguous() is a no-op on one row),
+        # and the row stride is a constexpr of this kernel
+        rows = "batch1" if b == 1 else "batch>1"
+        out.setdefault(f"BV{bv}-{rows}" + ("-split-grid" if split else ""), b)
+    return out
+
+
+def audit_items(items: list[WorkItem], serving: ServingArgs, rng) -> list[WorkItem]:
+    """Random serving shapes in the covered ranges, one per planned op kind."""
+    by_kind: dict[str, dict] = {}
+    for item in items:
+        by_kind.setdefault(item.op + ("/spec" if item.params.get("speculative") else ""), item.params)
+    out: list[WorkItem] = []
+    max_tokens, max_seqs = serving.max_num_batched_tokens, serving.max_num_seqs
+    for kind, base in sorted(by_kind.items()):
+        op = kind.split("/")[0]
+        p = dict(base)
+        if op in ("vllm.gdn_conv_prefill", "vllm.gdn_chunk_prefill"):
+            t = rng.randint(1, max_tokens)
+            p.update(tokens=t, num_seqs=rng.randint(1, min(t, max_seqs)))
+        elif op == "vllm.gdn_post_conv":
+            t = rng.randint(1, max_tokens)
+            p.update(tokens=t, decode_tokens=rng.choice([0, rng.randint(0, max_tokens - t)]))
+        elif op == "vllm.gdn_gated_rmsnorm":
+            p.update(tokens=rng.randint(1, max_tokens))
+        elif p.get("speculative"):
+            p.update(batch=rng.randint(1, max(1, min(max_seqs, max_tokens // (serving.num_speculative_tokens + 1)))))
+        else:
+            p.update(batch=rng.randint(1, min(max_seqs, max_tokens)))
+        out.append(WorkItem(f"audit/{kind}", "gdn", op, p, "audit sample"))
+    return out
