@@ -8,6 +8,9 @@ BIN     = $(VENV)/bin
 # The test environment pins triton 3.6.0 (the H100 machine's) so CPU and GPU results compare.
 # torch 2.13.0 is the CPU build; the kernels never run here, torch only builds tensors on the CPU.
 PINS    = torch==2.13.0 triton==3.6.0
+# vLLM 0.33's wheel requires torch 2.14; its Triton kernel sources run with the pinned torch/Triton,
+# so it is installed without dependencies next to the light packages its modules import.
+VLLM    = vllm==0.33.0
 
 .PHONY: setup bundle test test-gpu clean
 
@@ -15,7 +18,8 @@ $(BIN)/aotwarm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(PINS)
-	$(BIN)/pip install -q -e '.[fla,test]'
+	$(BIN)/pip install -q -e '.[fla,test,vllm-kernels]'
+	$(BIN)/pip install -q --no-deps $(VLLM)
 	@touch $@
 
 setup: $(BIN)/aotwarm

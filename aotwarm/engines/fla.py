@@ -107,6 +107,12 @@ def gdn_gated_rmsnorm(p: dict[str, Any], device: str) -> None:
         rms_norm_gated(x, z, weight, None, activation=p["activation"], eps=p["eps"])
 
 
+def import_kernels(device: str) -> None:
+    """Import the kernel modules the ops use (benchmarks keep imports out of timed regions)."""
+    import fla.modules.fused_norm_gate  # noqa: F401
+    import fla.ops.gated_delta_rule  # noqa: F401
+
+
 OPS = {
     "gdn_chunk_prefill": gdn_chunk_prefill,
     "gdn_recurrent_decode": gdn_recurrent_decode,

@@ -57,13 +57,24 @@ def capture_sizes(serving: ServingArgs, target: Target) -> list[int]:
     cap = serving.max_cudagraph_capture_size or min(serving.max_num_seqs * query_len * 2,
                                                    1024 if target.capability[0] == 10 else 512)
     cap = min(cap, serving.max_num_batched_tokens)
-    sizes = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, cap + 1, 16))
-    return [s for s in sizes if s <= cap]
+    sizes = [s for s in [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, cap + 1, 16)) if s <= cap]
+    if query_len > 1:  # CompilationConfig.adjust_cudagraph_sizes_for_spec_decode: multiples of k + 1
+        rounded = sorted({r for r in (-(-s // query_len) * query_len for s in sizes) if r <= cap})
+        sizes = rounded or ([query_len] if query_len <= cap else [])
+    return sizes
 
 
 def decode_batches(serving: ServingArgs, target: Target, query_len: int = 1) -> list[int]:
-    """Every sequence count a decode-only step of ``query_len`` tokens per sequence can present."""
+    """Every sequence count a decode-only step of ``query_len`` tokens per sequence can present.
+
+    Full CUDA graphs capture uniform decode batches at the capture sizes (the kernels are dispatched
+    once, at capture, with the padded size); anything else runs the GDN op eagerly at its real size:
+    batches above the largest graph, and plain one-token decode steps when speculative decoding is
+    on (the graphs are then captured for ``k + 1`` tokens per sequence).
+    """
     limit = min(serving.max_num_seqs, serving.max_num_batched_tokens // query_len)
+    if query_len != 1 + serving.num_speculative_tokens:
+        return list(range(1, limit + 1))
     graphs = [s // query_len for s in capture_sizes(serving, target) if s % query_len == 0 and s // query_len <= limit]
     largest = max(graphs, default=0)
     # batches up to the largest captured size are padded to a capture size; larger ones run eagerly
