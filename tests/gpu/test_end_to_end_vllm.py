@@ -4,6 +4,7 @@ every decode batch size -> 0 compiles.  Both prefill backends: Triton (everythin
 sm90 default, where the chunk pipeline is FlashInfer's and reported as not covered."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,14 @@ from tests.gpu.test_end_to_end_gdn import MODEL, aotwarm
 pytest.importorskip("vllm")
 
 
+def evidence(name: str, data) -> None:
+    """With AOTWARM_EVIDENCE_DIR set, keep what a run measured (for docs/benchmarks.md)."""
+    folder = os.environ.get("AOTWARM_EVIDENCE_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / name).write_text(data if isinstance(data, str) else json.dumps(data, indent=1))
+
+
 @pytest.fixture(scope="module", params=["triton", "auto"])
 def installed(request, tmp_path_factory):
     backend = request.param
@@ -22,7 +31,12 @@ def installed(request, tmp_path_factory):
     bundle, plan = build_dir / "b.tar.zst", build_dir / "plan.json"
     aotwarm("plan", MODEL, "--gpu", "sm90", "--engine", "vllm", "--gdn-prefill-backend", backend, "-o", str(plan),
             "--json", env={"CUDA_VISIBLE_DEVICES": ""})
-    aotwarm("build", "--plan", str(plan), "-o", str(bundle), "--json", env={"CUDA_VISIBLE_DEVICES": ""})
+    built = aotwarm("build", "--plan", str(plan), "-o", str(bundle), "--json", env={"CUDA_VISIBLE_DEVICES": ""})
+    evidence(f"build-{backend}.json", built.stdout)
+    if os.environ.get("AOTWARM_EVIDENCE_DIR"):  # keep the bundle for bench/first_call.py
+        import shutil
+
+        shutil.copy(bundle, Path(os.environ["AOTWARM_EVIDENCE_DIR"]) / f"bundle-{backend}.tar.zst")
     dest = tmp_path_factory.mktemp("node") / "elsewhere"
     aotwarm("install", str(bundle), "--dir", str(dest))
     return backend, bundle, plan, dest
@@ -32,6 +46,7 @@ def test_verify_zero_misses(installed):
     backend, bundle, _, dest = installed
     proc = aotwarm("verify", str(bundle), "--dir", str(dest), "--json", check=False)
     report = json.loads(proc.stdout)
+    evidence(f"verify-{backend}.json", proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert report["misses"] == [] and report["failed_items"] == [] and report["hits"] > 0
     uncovered = " ".join(u for f in json.loads(aotwarm("inspect", str(bundle), "--json").stdout)["coverage"]
@@ -46,6 +61,7 @@ def test_vllm_random_shapes_zero_compiles(installed):
                           capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    evidence(f"random-shapes-{backend}.json", out)
     assert out["calls"] >= 30 + 30  # 30 prefill shapes + every decode batch size (35 capture sizes up to 256)
     assert out["compiles"] == 0, out["misses"]
     assert (out["skipped"] > 0) == (backend == "auto")
