@@ -37,6 +37,7 @@ class ItemOutcome:
     resumed: bool = False
     launchers: list[str] = field(default_factory=list)
     autotune: list[dict] = field(default_factory=list)
+    engine_runtime: dict = field(default_factory=dict)  # how the engine ran in the worker (e.g. vLLM platform)
 
 
 @dataclass
@@ -147,7 +148,8 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
             id=res["id"], ok=bool(res["ok"]), error=res.get("error"),
             compiled=sum(not c["cache_hit"] for c in compiles), hits=sum(c["cache_hit"] for c in compiles),
             entries=sorted({c["entry"] for c in compiles}), kernels=sorted({c["kernel"] for c in compiles}),
-            seconds=res.get("seconds", 0.0), launchers=res.get("launchers", []), autotune=res.get("autotune", []))
+            seconds=res.get("seconds", 0.0), launchers=res.get("launchers", []), autotune=res.get("autotune", []),
+            engine_runtime=res.get("engine_runtime", {}))
         outcomes[outcome.id] = outcome
         if outcome.ok:
             done[outcome.id] = {k: v for k, v in outcome.__dict__.items() if k != "resumed"}
@@ -192,6 +194,15 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
     return result
 
 
+def _engine_runtime(result: BuildResult) -> dict:
+    """What the workers reported about how the engine ran, e.g. {"vllm_platform": ["aotwarm-shim"]}."""
+    merged: dict[str, set] = {}
+    for outcome in result.outcomes:
+        for key, value in outcome.engine_runtime.items():
+            merged.setdefault(key, set()).add(value)
+    return {k: sorted(v) for k, v in sorted(merged.items())}
+
+
 def _manifest(plan: Plan, result: BuildResult) -> dict:
     from .engines import detect_engine
 
@@ -217,6 +228,7 @@ def _manifest(plan: Plan, result: BuildResult) -> dict:
         "plan_hash": plan.hash,
         "target": plan.target,
         "engine": engine,
+        "engine_runtime": _engine_runtime(result),
         "fingerprint": fp.to_dict(),
         "coverage": coverage,
         "build": {"work_items": len(result.outcomes), "failed_items": sorted(failed),

@@ -75,7 +75,8 @@ def inspect_tables(manifest: dict, path: str) -> list:
         ("aotwarm", manifest["aotwarm_version"]),
         ("model", manifest["plan"]["model"]["source"]["model"]),
         ("target", f"{tgt['key']} ({tgt['name']}, sm{tgt['capability'][0]}{tgt['capability'][1]}, {tgt['num_sms']} SMs)"),
-        ("engine", f"{eng['name']} {eng['version']} (sources {eng['source_sha256'][:12]})"),
+        ("engine", f"{eng['name']} {eng['version']} (sources {eng['source_sha256'][:12]})"
+                   + "".join(f"; {k}: {', '.join(v)}" for k, v in manifest.get("engine_runtime", {}).items())),
         ("python", f"{fp['python_version']} ({fp['python_abi']})"),
         ("triton", f"{fp['triton_version']} (triton_key {fp['triton_key_sha256'][:12]})"),
         ("torch", fp["torch_version"]),

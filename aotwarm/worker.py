@@ -77,6 +77,7 @@ def main(argv: list[str]) -> int:
                 result["ok"] = False
                 result["error"] = f"building launchers failed: {type(err).__name__}: {err}".splitlines()[0][:500]
                 traceback.print_exc(file=sys.stderr)
+        result["engine_runtime"] = _engine_runtime(task["op"])
         result["seconds"] = round(time.monotonic() - start, 3)
         result.update(observer.take())
         if vdev is not None:
@@ -84,6 +85,13 @@ def main(argv: list[str]) -> int:
             vdev.autotune_records.clear()
         proto.write(json.dumps(result) + "\n")
     return 0
+
+
+def _engine_runtime(op: str) -> dict:
+    """The engine module's report of how it ran (``runtime_facts()``), if it has one."""
+    module = sys.modules.get(f"aotwarm.engines.{op.partition('.')[0]}")
+    facts = getattr(module, "runtime_facts", None)
+    return facts() if facts else {}
 
 
 if __name__ == "__main__":

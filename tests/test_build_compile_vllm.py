@@ -41,3 +41,5 @@ def test_vllm_gdn_kernels_compile_gpu_less(tmp_path, gpu, arch, chunk):
     assert any("GDN chunked prefill" in u for u in gdn["uncovered"]) == (not chunk)
     if chunk:
         assert summary["planned_jit_keys"] > 100  # 100 chunk configs + the misc kernels
+    # the workers report which vLLM platform answered the kernels' device queries
+    assert manifest["engine_runtime"]["vllm_platform"] in (["vllm"], ["aotwarm-shim"])

@@ -288,6 +288,13 @@ def gdn_gated_rmsnorm(p: dict[str, Any], device: str) -> None:
     rmsnorm_fn(x, weight, None, z=z, eps=p["eps"], group_size=None, norm_before_gate=True, activation=p["activation"])
 
 
+def runtime_facts() -> dict:
+    """Which vLLM platform answered the kernels' device queries (recorded in the manifest)."""
+    from .vllm_platform import PLATFORM_CHOICE
+
+    return {"vllm_platform": PLATFORM_CHOICE["platform"]} if "platform" in PLATFORM_CHOICE else {}
+
+
 def import_kernels(device: str) -> None:
     """Import the kernel modules the ops use (benchmarks keep imports out of timed regions)."""
     _setup(device)
