@@ -66,8 +66,8 @@ def serving_options(fn):
                      help="Largest decode batch / number of packed sequences."),
         click.option("--max-prefill-batch", default=1, show_default=True, type=click.IntRange(1, 64),
                      help="Largest padded prefill batch (transformers generate() with several prompts)."),
-        click.option("--family", "families", multiple=True, default=("gdn",), show_default=True,
-                     help="Kernel families to plan (repeatable)."),
+        click.option("--family", "families", multiple=True, default=("all",), show_default=True,
+                     help="Kernel families to plan (repeatable): all, gdn, moe-wna16."),
         click.option("--num-sms", type=click.IntRange(1), help="Plan for a reduced SM count."),
         click.option("--mamba-ssm-cache-dtype", default="auto", show_default=True,
                      type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
@@ -85,6 +85,10 @@ def serving_options(fn):
                      help="vLLM: GDN prefill backend (auto: vLLM's choice for the target, FlashInfer on sm90)."),
         click.option("--cuda-runtime", "cuda_runtime_major", default=13, show_default=True, type=click.IntRange(11),
                      help="vLLM: CUDA runtime major of the serving image (vLLM's FlashInfer rule on sm100 reads it)."),
+        click.option("--ep", default=1, show_default=True, type=click.IntRange(1),
+                     help="vLLM: expert-parallel size (experts split across ranks)."),
+        click.option("--moe-backend", default="auto", show_default=True, type=click.Choice(["auto", "triton"]),
+                     help="vLLM: MoE backend (auto: vLLM's choice; triton forces the Triton WNA16 kernel)."),
         click.option("-j", "--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(1),
                      help="Worker processes."),
     ]
@@ -95,7 +99,7 @@ def serving_options(fn):
 
 SERVING_KEYS = ("tp", "dtype", "max_num_batched_tokens", "max_num_seqs", "max_prefill_batch", "mamba_ssm_cache_dtype",
                 "mamba_cache_dtype", "num_speculative_tokens", "max_cudagraph_capture_size", "enforce_eager",
-                "gdn_prefill_backend", "cuda_runtime_major")
+                "gdn_prefill_backend", "cuda_runtime_major", "ep", "moe_backend")
 
 
 def _make_plan(model: str, opts: dict, quiet: bool):
@@ -114,7 +118,10 @@ def _make_plan(model: str, opts: dict, quiet: bool):
     resolved = resolve_target(gpu, num_sms)
     spec, source = load_model(model)
     eng = detect_engine(opts["engine"])
-    serving = ServingArgs(engine=eng.name, families=tuple(opts["families"]), **{k: opts[k] for k in SERVING_KEYS})
+    from .planners import families_for
+
+    serving = ServingArgs(engine=eng.name, families=families_for(opts["families"], eng.name),
+                          **{k: opts[k] for k in SERVING_KEYS})
     err = console(stderr=True)
     if not quiet:
         if source.note:

@@ -33,6 +33,8 @@ class ServingArgs:
     enforce_eager: bool = False
     gdn_prefill_backend: str = "auto"
     cuda_runtime_major: int = 13
+    ep: int = 1  # expert-parallel size: experts split across ranks, intermediate size not sharded
+    moe_backend: str = "auto"
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -288,6 +288,88 @@ def gdn_gated_rmsnorm(p: dict[str, Any], device: str) -> None:
     rmsnorm_fn(x, weight, None, z=z, eps=p["eps"], group_size=None, norm_before_gate=True, activation=p["activation"])
 
 
+# -- WNA16 MoE ----------------------------------------------------------------------------------------
+
+
+def _align_block_size(topk_ids, block_m: int, num_experts: int, device: str):
+    """Routing buffers: vLLM's ``moe_align_block_size`` where its CUDA op loads, else the same buffers
+    built here (sizes from vLLM 0.33's wrapper; contents: each expert's token slots padded to ``block_m``).
+
+    Only the buffer *sizes* enter the kernel's key (``EM`` is ``sorted_token_ids.size(0)``); the
+    contents must be valid for a real launch.
+    """
+    import torch
+
+    if device != "cpu":
+        try:
+            from vllm.model_executor.layers.fused_moe.moe_align_block_size import moe_align_block_size
+
+            return moe_align_block_size(topk_ids, block_m, num_experts)
+        except (ImportError, AttributeError, RuntimeError):
+            pass  # vLLM's compiled ops are not loadable next to this torch
+    numel = topk_ids.numel()
+    padded = numel + num_experts * (block_m - 1)
+    if numel < num_experts:
+        padded = min(numel * block_m, padded)
+    sorted_ids = torch.full((padded,), numel, dtype=torch.int32)
+    expert_ids = torch.full((-(-padded // block_m),), -1, dtype=torch.int32)
+    flat = topk_ids.flatten().cpu()
+    pos = 0
+    for e in range(num_experts):
+        slots = (flat == e).nonzero().flatten().to(torch.int32)
+        if slots.numel() == 0:
+            continue
+        n_blocks = -(-slots.numel() // block_m)
+        sorted_ids[pos: pos + slots.numel()] = slots
+        expert_ids[pos // block_m: pos // block_m + n_blocks] = e
+        pos += n_blocks * block_m
+    post = torch.tensor([pos], dtype=torch.int32)
+    return sorted_ids.to(device), expert_ids.to(device), post.to(device)
+
+
+def wna16_moe_gemm(p: dict[str, Any], device: str) -> None:
+    """One GEMM of ``TritonWNA16Experts.apply``: gate/up (``w13``, the model's top_k, no routed weight)
+    or down (``w2``, top_k 1, routed weights), with the config vLLM picks for M tokens."""
+    _setup(device)
+    import torch
+    import triton.language as tl
+    from vllm.model_executor.layers.fused_moe.fused_moe import (
+        invoke_fused_moe_wna16_triton_kernel,
+        try_get_optimal_moe_config,
+    )
+
+    e, e_align, inter, hidden, top_k = p["num_experts"], p["align_experts"], p["intermediate"], p["hidden"], p["top_k"]
+    bits, gs, m = p["bits"], p["group_size"], p["tokens"]
+    dt = _dt(p["dtype"])
+    per_byte = 8 // bits
+    gen = torch.Generator(device=device).manual_seed(0)
+    w1 = torch.randint(0, 255, (e, 2 * inter, hidden // per_byte), dtype=torch.uint8, device=device, generator=gen)
+    w2 = torch.randint(0, 255, (e, hidden, inter // per_byte), dtype=torch.uint8, device=device, generator=gen)
+    config = try_get_optimal_moe_config(w1.size(), w2.size(), top_k, "int4_w4a16" if bits == 4 else "int8_w8a16", m,
+                                        block_shape=[0, gs])
+    topk_ids = torch.stack([torch.randperm(e_align, generator=torch.Generator().manual_seed(i))[:top_k]
+                            for i in range(m)]).to(torch.int32)
+    if e_align != e:  # expert parallel: this rank's experts are the first e of the global ids
+        topk_ids = topk_ids % e
+    sorted_ids, expert_ids, post = _align_block_size(topk_ids.to(device), config["BLOCK_SIZE_M"], e_align, device)
+    compute = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dt]
+    if p["gemm"] == "w13":
+        a = torch.randn(m, hidden, dtype=dt, device=device, generator=gen)
+        b, n, k, call_top_k, weights = w1, 2 * inter, hidden, top_k, None
+        c = torch.empty(m, top_k, n, dtype=dt, device=device)
+    else:
+        a = torch.randn(m * top_k, inter, dtype=dt, device=device, generator=gen)
+        b, n, k, call_top_k = w2, hidden, inter, 1
+        weights = torch.rand(m, top_k, dtype=torch.float32, device=device, generator=gen)
+        c = torch.empty(m, top_k, n, dtype=dt, device=device)
+    scale = torch.rand(e, n, k // gs, dtype=dt, device=device, generator=gen) * 0.01
+    zp = (torch.randint(0, 255, (e, n * bits // 8, k // gs), dtype=torch.uint8, device=device, generator=gen)
+          if p["has_zp"] else None)
+    invoke_fused_moe_wna16_triton_kernel(a, b, c, scale, zp, weights, sorted_ids, expert_ids, post,
+                                         p["gemm"] == "w2", call_top_k, config, compute_type=compute,
+                                         use_int8_w8a16=bits == 8, use_int4_w4a16=bits == 4, block_shape=[0, gs])
+
+
 def runtime_facts() -> dict:
     """Which vLLM platform answered the kernels' device queries (recorded in the manifest)."""
     from .vllm_platform import PLATFORM_CHOICE
@@ -314,4 +396,5 @@ OPS = {
     "gdn_packed_decode": gdn_packed_decode,
     "gdn_sigmoid_gating_update": gdn_sigmoid_gating_update,
     "gdn_gated_rmsnorm": gdn_gated_rmsnorm,
+    "wna16_moe_gemm": wna16_moe_gemm,
 }

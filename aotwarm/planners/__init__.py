@@ -7,11 +7,18 @@ from ..errors import BadInput
 from ..model import ModelSource, ModelSpec
 from ..plan import FamilyCoverage, Plan, ServingArgs, WorkItem
 from ..targets import ResolvedTarget
-from . import gdn, gdn_vllm
+from . import gdn, gdn_vllm, moe_wna16
 
 # (family, engine) -> planner module with plan_family() and audit_items()
-PLANNERS = {("gdn", "fla"): gdn, ("gdn", "vllm"): gdn_vllm}
+PLANNERS = {("gdn", "fla"): gdn, ("gdn", "vllm"): gdn_vllm, ("moe-wna16", "vllm"): moe_wna16}
 FAMILIES = sorted({family for family, _ in PLANNERS})
+
+
+def families_for(requested: tuple[str, ...], engine: str) -> tuple[str, ...]:
+    """``all`` means every family this aotwarm plans for ``engine``."""
+    if "all" in requested:
+        return tuple(f for f in FAMILIES if (f, engine) in PLANNERS)
+    return tuple(requested)
 
 
 def planner_for(family: str, engine: str):
