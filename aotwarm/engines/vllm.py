@@ -370,6 +370,22 @@ def wna16_moe_gemm(p: dict[str, Any], device: str) -> None:
                                          use_int8_w8a16=bits == 8, use_int4_w4a16=bits == 4, block_shape=[0, gs])
 
 
+def shared_expert_gate(p: dict[str, Any], device: str) -> None:
+    """The fused shared-expert gate (vLLM PR #43190 interface) on contiguous ``[tokens, hidden]``."""
+    _setup(device)
+    import importlib
+
+    import torch
+
+    gate = importlib.import_module(p["module"]).fused_shared_expert_gate
+    dt = _dt(p["dtype"])
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(p["tokens"], p["hidden"], dtype=dt, device=device, generator=gen)
+    out = torch.randn(p["tokens"], p["hidden"], dtype=dt, device=device, generator=gen)
+    weight = torch.randn(1, p["hidden"], dtype=dt, device=device, generator=gen)
+    gate(x, weight, out)
+
+
 def runtime_facts() -> dict:
     """Which vLLM platform answered the kernels' device queries (recorded in the manifest)."""
     from .vllm_platform import PLATFORM_CHOICE
@@ -397,4 +413,5 @@ OPS = {
     "gdn_sigmoid_gating_update": gdn_sigmoid_gating_update,
     "gdn_gated_rmsnorm": gdn_gated_rmsnorm,
     "wna16_moe_gemm": wna16_moe_gemm,
+    "shared_expert_gate": shared_expert_gate,
 }
