@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -44,6 +45,14 @@ def package_source_sha256(package_dir: Path) -> str:
             continue
         h.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
+
+
+def package_location(package: str, distribution: str) -> Path:
+    """Folder of an installed package; BadInput when the distribution is installed but not importable."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise BadInput(f"{distribution} is installed but the '{package}' package cannot be found on sys.path")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 ENGINES = ("vllm", "fla")  # auto picks the first installed one: the serving engine first

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
-from . import EngineInfo, package_source_sha256
+from . import EngineInfo, package_location, package_source_sha256
 
 SUPPORTED = ("0.6",)
 
@@ -33,10 +33,7 @@ def detect() -> EngineInfo:
     if not version.startswith(SUPPORTED):
         raise BadInput(f"fla-core {version} is installed but aotwarm supports fla-core {', '.join(SUPPORTED)}.x: "
                        f"install fla-core==0.6.0 (the version your serving image runs must match)")
-    spec = importlib.util.find_spec("fla")
-    if spec is None or not spec.submodule_search_locations:
-        raise BadInput("fla-core is installed but the 'fla' package cannot be imported")
-    location = Path(list(spec.submodule_search_locations)[0])
+    location = package_location("fla", "fla-core")
     return EngineInfo("fla", "fla-core", version, package_source_sha256(location), str(location))
 
 

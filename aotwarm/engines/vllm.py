@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
-from . import EngineInfo, package_source_sha256
+from . import EngineInfo, package_location, package_source_sha256
 
 SUPPORTED = ("0.33.",)
 ALLOW_ENV = "AOTWARM_ALLOW_ENGINE_VERSION"
@@ -46,10 +46,7 @@ def detect() -> EngineInfo:
         raise BadInput(f"vLLM {version} is installed but aotwarm plans vLLM {', '.join(s + 'x' for s in SUPPORTED)} "
                        f"(kernel keys and dispatch rules differ between releases): install vllm 0.33, or set "
                        f"{ALLOW_ENV}={version} to plan it with the 0.33 rules at your own risk")
-    spec = importlib.util.find_spec("vllm")
-    if spec is None or not spec.submodule_search_locations:
-        raise BadInput("vLLM is installed but the 'vllm' package cannot be found on sys.path")
-    location = Path(list(spec.submodule_search_locations)[0])
+    location = package_location("vllm", "vLLM")
     return EngineInfo("vllm", "vllm", version, kernel_sources_sha256(location), str(location))
 
 

@@ -6,20 +6,15 @@ Must run in a fresh process with TRITON_CACHE_DIR set before Triton is imported.
 """
 
 import json
-import os
 import random
 import sys
 
 cache_dir, seed, n, max_tokens, max_seqs, hv, dk, dv = sys.argv[1], *map(int, sys.argv[2:])
-os.environ["TRITON_CACHE_DIR"] = cache_dir
-os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
+import compile_events  # noqa: E402  (this folder is sys.path[0])
+
+events = compile_events.watch(cache_dir)
 
 import torch  # noqa: E402
-from triton import knobs  # noqa: E402
-
-events = []
-knobs.compilation.listener = lambda *, src, metadata, metadata_group, times, cache_hit: events.append(
-    (metadata["name"], cache_hit))
 
 from fla.modules.fused_norm_gate import rms_norm_gated  # noqa: E402
 from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule  # noqa: E402
@@ -57,6 +52,4 @@ for b in sorted(rng.sample(range(1, max_seqs + 1), min(n, max_seqs))):
                                      output_final_state=True, use_qk_l2norm_in_kernel=True)
     calls.append({"decode_batch": b})
 torch.cuda.synchronize()
-misses = sorted({name for name, hit in events if not hit})
-print(json.dumps({"calls": calls, "compiles": sum(not h for _, h in events), "hits": sum(h for _, h in events),
-                  "misses": misses}))
+print(json.dumps({"calls": calls, **compile_events.summary(events)}))

@@ -6,20 +6,15 @@ Needs tests/vllm_shims on PYTHONPATH where vLLM's compiled extensions cannot loa
 """
 
 import json
-import os
 import random
 import sys
 
 plan_path, cache_dir, seed, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-os.environ["TRITON_CACHE_DIR"] = cache_dir
-os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
+import compile_events  # noqa: E402  (this folder is sys.path[0])
+
+events = compile_events.watch(cache_dir)
 
 import torch  # noqa: E402
-from triton import knobs  # noqa: E402
-
-events = []
-knobs.compilation.listener = lambda *, src, metadata, metadata_group, times, cache_hit: events.append(
-    (metadata["name"], cache_hit))
 
 from aotwarm.engines import vllm as engine  # noqa: E402
 from aotwarm.plan import Plan  # noqa: E402
@@ -34,5 +29,4 @@ for m in ms:
         engine.OPS[item.op.split(".", 1)[1]]({**item.params, "tokens": m}, "cuda")
         calls += 1
 torch.cuda.synchronize()
-print(json.dumps({"calls": calls, "ms": ms, "compiles": sum(not h for _, h in events),
-                  "hits": sum(h for _, h in events), "misses": sorted({k for k, h in events if not h})}))
+print(json.dumps({"calls": calls, "ms": ms, **compile_events.summary(events)}))

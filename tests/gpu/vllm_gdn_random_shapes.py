@@ -13,20 +13,15 @@ Must run in a fresh process: TRITON_CACHE_DIR is set before Triton is imported.
 """
 
 import json
-import os
 import random
 import sys
 
 plan_path, cache_dir, seed, n_prefill = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-os.environ["TRITON_CACHE_DIR"] = cache_dir
-os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
+import compile_events  # noqa: E402  (this folder is sys.path[0])
+
+events = compile_events.watch(cache_dir)
 
 import torch  # noqa: E402
-from triton import knobs  # noqa: E402
-
-events = []
-knobs.compilation.listener = lambda *, src, metadata, metadata_group, times, cache_hit: events.append(
-    (metadata["name"], cache_hit))
 
 from aotwarm.engines import vllm as engine  # noqa: E402
 from aotwarm.plan import Plan, ServingArgs  # noqa: E402
@@ -72,6 +67,4 @@ if serving.num_speculative_tokens:
         engine.gdn_sigmoid_gating_update({**layer, "batch": b, "speculative": True}, "cuda")
         calls += 1
 torch.cuda.synchronize()
-misses = sorted({name for name, hit in events if not hit})
-print(json.dumps({"calls": calls, "compiles": sum(not h for _, h in events), "hits": sum(h for _, h in events),
-                  "misses": misses, "skipped": len(skipped)}))
+print(json.dumps({"calls": calls, **compile_events.summary(events), "skipped": len(skipped)}))
