@@ -67,7 +67,7 @@ def serving_options(fn):
         click.option("--max-prefill-batch", default=1, show_default=True, type=click.IntRange(1, 64),
                      help="Largest padded prefill batch (transformers generate() with several prompts)."),
         click.option("--family", "families", multiple=True, default=("all",), show_default=True,
-                     help="Kernel families to plan (repeatable): all, gdn, moe-wna16, shared-expert-gate."),
+                     help="Kernel families to plan (repeatable): all, gdn, moe-wna16, shared-expert-gate, deepgemm."),
         click.option("--num-sms", type=click.IntRange(1), help="Plan for a reduced SM count."),
         click.option("--mamba-ssm-cache-dtype", default="auto", show_default=True,
                      type=click.Choice(["auto", "float32", "bfloat16", "float16"]),

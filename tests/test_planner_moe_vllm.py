@@ -155,6 +155,16 @@ def test_shared_expert_gate_without_and_with_a_kernel(monkeypatch):
     assert no_shared.families[0].status == "not-applicable" and "no shared expert" in no_shared.families[0].summary
 
 
+def test_fp8_block_models_state_deepgemm_as_not_covered():
+    for path in (CONFIGS / "Qwen--Qwen3-8B-FP8.json", CONFIGS / "Qwen--Qwen3-30B-A3B-FP8.json"):
+        for gpu, status in (("sm90", "not-covered"), ("sm100", "not-covered"), ("sm80", "not-applicable")):
+            fam = moe_plan(path, gpu=gpu, families=("deepgemm",)).families[0]
+            assert fam.status == status, (path.name, gpu, fam.summary)
+            if status == "not-covered":
+                assert "DG_JIT_CACHE_DIR" in fam.uncovered[0] and "not in this bundle" in fam.uncovered[0]
+    assert moe_plan(GPTQ_MOE, families=("deepgemm",)).families[0].status == "not-applicable"
+
+
 # -- vLLM's own kernels: probe, audit, GPU-less compile ------------------------------------------------
 
 pytest.importorskip("vllm", reason="vLLM 0.33 is installed by `make test`")
@@ -187,4 +197,5 @@ def test_wna16_and_gate_compile_gpu_less(tmp_path):
     names = {f["path"].rsplit("/", 1)[1].removesuffix(".cubin") for f in manifest["files"] if f["path"].endswith(".cubin")}
     assert names == {"fused_moe_kernel_gptq_awq", "_fused_shared_expert_gate_kernel"}
     status = {c["family"]: c["status"] for c in manifest["coverage"]}
-    assert status == {"gdn": "not-applicable", "moe-wna16": "planned", "shared-expert-gate": "planned"}
+    assert status == {"gdn": "not-applicable", "moe-wna16": "planned", "shared-expert-gate": "planned",
+                      "deepgemm": "not-applicable"}
