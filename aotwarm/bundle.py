@@ -28,7 +28,8 @@ BUNDLE_FORMAT = 2
 # zstd skippable frame: magic 0x184D2A5E, little-endian u32 length, then SEAL_TAG + sha256 digest.
 SEAL_MAGIC = (0x184D2A5E).to_bytes(4, "little")
 SEAL_TAG = b"aotwarm-seal-v1\0"
-SEAL_SIZE = 8 + len(SEAL_TAG) + 32
+SEAL_HEADER = SEAL_MAGIC + (len(SEAL_TAG) + 32).to_bytes(4, "little") + SEAL_TAG
+SEAL_SIZE = len(SEAL_HEADER) + 32
 MANIFEST = "manifest.json"
 TRITON_PREFIX = "triton/"
 CACHE_PLACEHOLDER = "@AOTWARM_TRITON_CACHE_DIR@"
@@ -114,12 +115,7 @@ def write_bundle(path: Path, manifest: dict, files: dict[str, bytes]) -> dict:
 
 def seal(compressed: bytes) -> bytes:
     """``compressed`` followed by the skippable frame that holds its sha256."""
-    return compressed + _seal(hashlib.sha256(compressed).digest())
-
-
-def _seal(digest: bytes) -> bytes:
-    body = SEAL_TAG + digest
-    return SEAL_MAGIC + len(body).to_bytes(4, "little") + body
+    return compressed + SEAL_HEADER + hashlib.sha256(compressed).digest()
 
 
 def _check_seal(fh: IO[bytes], size: int, path: Path) -> int:
@@ -128,7 +124,7 @@ def _check_seal(fh: IO[bytes], size: int, path: Path) -> int:
         raise BadInput(f"{path} is not an aotwarm bundle or is corrupt (too short): rebuild or re-download it")
     fh.seek(size - SEAL_SIZE)
     trailer = fh.read(SEAL_SIZE)
-    if trailer[:-32] != _seal(b"\0" * 32)[:-32]:
+    if trailer[:-32] != SEAL_HEADER:
         raise BadInput(f"{path} is not an aotwarm bundle of this format, or is truncated (no seal at its end): "
                        "rebuild or re-download it")
     h = hashlib.sha256()
@@ -193,11 +189,6 @@ def _open_tar(path: Path, limit: int) -> tuple[IO[bytes], tarfile.TarFile]:
         fh.close()
         raise BadInput(f"{path} is not an aotwarm bundle or is corrupt ({_why(err)}): rebuild or re-download it")
     return fh, tar
-
-
-def stream_of(tar: tarfile.TarFile) -> IO[bytes]:
-    """The decompressed stream under a streaming TarFile."""
-    return tar.fileobj  # type: ignore[return-value]
 
 
 def _check_tail(stream: IO[bytes], path: Path) -> None:
@@ -300,7 +291,7 @@ def read_bundle(path: Path, sink: Callable[[str, bytes], None] | None = None) ->
         missing = sorted(set(expected) - seen)
         if missing:
             raise BadInput(f"bundle is missing {len(missing)} file(s) its manifest lists, e.g. {missing[0]} (truncated?)")
-        _check_tail(stream_of(tar), path)
+        _check_tail(tar.fileobj, path)  # the decompressed stream under the streaming TarFile
     except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as err:
         raise BadInput(f"{path} is truncated or corrupt ({_why(err)}): rebuild or re-download it")
     finally:

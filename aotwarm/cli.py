@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import dataclasses
 import json
 import os
 import re
@@ -97,17 +98,12 @@ def serving_options(fn):
     return fn
 
 
-SERVING_KEYS = ("tp", "dtype", "max_num_batched_tokens", "max_num_seqs", "max_prefill_batch", "mamba_ssm_cache_dtype",
-                "mamba_cache_dtype", "num_speculative_tokens", "max_cudagraph_capture_size", "enforce_eager",
-                "gdn_prefill_backend", "cuda_runtime_major", "ep", "moe_backend")
-
-
 def _make_plan(model: str, opts: dict, quiet: bool):
     from .engines import detect_engine
     from .errors import BadInput
     from .model import load_model
     from .plan import ServingArgs
-    from .planners import make_plan
+    from .planners import families_for, make_plan
     from .probe import probe_plan
     from .render import console
     from .targets import resolve_target
@@ -118,10 +114,10 @@ def _make_plan(model: str, opts: dict, quiet: bool):
     resolved = resolve_target(gpu, num_sms)
     spec, source = load_model(model)
     eng = detect_engine(opts["engine"])
-    from .planners import families_for
-
+    # every serving option is a ServingArgs field of the same name; engine and families are resolved here
+    fields = {f.name for f in dataclasses.fields(ServingArgs)} - {"engine", "families"}
     serving = ServingArgs(engine=eng.name, families=families_for(opts["families"], eng.name),
-                          **{k: opts[k] for k in SERVING_KEYS})
+                          **{k: opts[k] for k in fields})
     err = console(stderr=True)
     if not quiet:
         if source.note:

@@ -20,7 +20,6 @@ from .planners import planner_for
 from .pool import PoolOptions, Task, run_tasks
 
 
-
 @dataclass
 class AuditReport:
     samples: int

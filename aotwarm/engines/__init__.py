@@ -55,6 +55,14 @@ def package_location(package: str, distribution: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def torch_dtype(name: str):
+    """The torch dtype a plan names ("bfloat16", "int32", ...)."""
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+            "int32": torch.int32, "int64": torch.int64}[name]
+
+
 ENGINES = ("vllm", "fla")  # auto picks the first installed one: the serving engine first
 
 

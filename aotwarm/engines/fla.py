@@ -15,12 +15,10 @@ Ops call fla's public entry points exactly as a GDN layer does:
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
-from . import EngineInfo, package_location, package_source_sha256
+from . import EngineInfo, package_location, package_source_sha256, torch_dtype
 
 SUPPORTED = ("0.6",)
 
@@ -37,17 +35,11 @@ def detect() -> EngineInfo:
     return EngineInfo("fla", "fla-core", version, package_source_sha256(location), str(location))
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-
-
 def gdn_chunk_prefill(p: dict[str, Any], device: str) -> None:
     import torch
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
-    dt, sdt = _torch_dtype(p["dtype"]), _torch_dtype(p["state_dtype"])
+    dt, sdt = torch_dtype(p["dtype"]), torch_dtype(p["state_dtype"])
     hv, dk, dv = p["num_v_heads"], p["head_k_dim"], p["head_v_dim"]
     packed = p["form"] == "packed"
     b, t = (1, p["tokens"]) if packed else (p["batch"], p["tokens"])
@@ -61,23 +53,17 @@ def gdn_chunk_prefill(p: dict[str, Any], device: str) -> None:
     kwargs: dict[str, Any] = {}
     if packed:
         bounds = torch.linspace(0, t, n_seqs + 1).round().long().tolist()
-        kwargs["cu_seqlens"] = torch.tensor(bounds, dtype=_torch_dtype_int(p["cu_seqlens_dtype"]), device=device)
+        kwargs["cu_seqlens"] = torch.tensor(bounds, dtype=torch_dtype(p["cu_seqlens_dtype"]), device=device)
     h0 = torch.zeros(n_seqs, hv, dk, dv, dtype=sdt, device=device) if p["initial_state"] else None
     chunk_gated_delta_rule(q, k, v, g=g, beta=beta, initial_state=h0, output_final_state=p["output_final_state"],
                            use_qk_l2norm_in_kernel=True, **kwargs)
-
-
-def _torch_dtype_int(name: str):
-    import torch
-
-    return {"int32": torch.int32, "int64": torch.int64}[name]
 
 
 def gdn_recurrent_decode(p: dict[str, Any], device: str) -> None:
     import torch
     from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
 
-    dt, sdt = _torch_dtype(p["dtype"]), _torch_dtype(p["state_dtype"])
+    dt, sdt = torch_dtype(p["dtype"]), torch_dtype(p["state_dtype"])
     b, hv, dk, dv = p["batch"], p["num_v_heads"], p["head_k_dim"], p["head_v_dim"]
     gen = torch.Generator(device=device).manual_seed(0)
     q = torch.randn(b, 1, hv, dk, dtype=dt, device=device, generator=gen)
@@ -94,7 +80,7 @@ def gdn_gated_rmsnorm(p: dict[str, Any], device: str) -> None:
     import torch
     from fla.modules.fused_norm_gate import rms_norm_gated
 
-    dt = _torch_dtype(p["dtype"])
+    dt = torch_dtype(p["dtype"])
     rows, dv = p["rows"], p["head_v_dim"]
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(rows, dv, dtype=dt, device=device, generator=gen)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
-from . import EngineInfo, package_location, package_source_sha256
+from . import EngineInfo, package_location, package_source_sha256, torch_dtype
 
 SUPPORTED = ("0.33.",)
 ALLOW_ENV = "AOTWARM_ALLOW_ENGINE_VERSION"
@@ -76,12 +76,6 @@ def _setup(device: str) -> None:
         torch_utils.PIN_MEMORY = False
 
 
-def _dt(name: str):
-    import torch
-
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-
-
 class _Layer:
     """The tensors one GDN layer owns, TP-local, as vLLM allocates them."""
 
@@ -91,7 +85,7 @@ class _Layer:
         self.p, self.device = p, device
         self.hk, self.hv, self.k, self.v, self.w = (p["num_k_heads"], p["num_v_heads"], p["head_k_dim"],
                                                      p["head_v_dim"], p["conv_kernel"])
-        self.dtype, self.ssm_dtype, self.conv_dtype = _dt(p["dtype"]), _dt(p["ssm_state_dtype"]), _dt(p["conv_state_dtype"])
+        self.dtype, self.ssm_dtype, self.conv_dtype = torch_dtype(p["dtype"]), torch_dtype(p["ssm_state_dtype"]), torch_dtype(p["conv_state_dtype"])
         self.num_spec = p.get("num_spec", 0)
         self.qkv = 2 * self.hk * self.k + self.hv * self.v
         self.blocks = p.get("cache_blocks", 64)
@@ -124,16 +118,25 @@ class _Layer:
         b, a = ba.chunk(2, dim=-1)
         return mixed_qkv, b.contiguous(), a.contiguous()
 
-    def seq_bounds(self, tokens: int, seqs: int):
+    @staticmethod
+    def seq_bounds(tokens: int, seqs: int):
+        """cu_seqlens (int32, on the CPU) for ``seqs`` sequences sharing ``tokens`` tokens."""
         import torch
 
-        bounds = torch.linspace(0, tokens, seqs + 1).round().to(torch.int32)
-        return bounds.to(self.device)
+        return torch.linspace(0, tokens, seqs + 1).round().to(torch.int32)
 
-    def indices(self, n: int):
+    def indices(self, n: int, per_seq: int = 1):
+        """Mamba cache blocks of ``n`` sequences: ``[n]``, or ``[n, per_seq]`` for speculative slots."""
         import torch
 
-        return torch.arange(1, n + 1, dtype=torch.int32, device=self.device) % self.blocks
+        ids = torch.arange(1, n * per_seq + 1, dtype=torch.int32, device=self.device) % self.blocks
+        return ids if per_seq == 1 else ids.view(n, per_seq)
+
+    def uniform_starts(self, n: int, per_seq: int):
+        """query_start_loc of ``n`` sequences of ``per_seq`` tokens each."""
+        import torch
+
+        return torch.arange(0, (n + 1) * per_seq, per_seq, dtype=torch.int32, device=self.device)
 
 
 # -- ops --------------------------------------------------------------------------------------------
@@ -152,7 +155,7 @@ def gdn_conv_prefill(p: dict[str, Any], device: str) -> None:
     has_initial = torch.tensor([i % 2 == 1 for i in range(n)], dtype=torch.bool, device=device)
     causal_conv1d_fn(mixed_qkv.transpose(0, 1), layer.conv_weight, None, activation="silu",
                      conv_states=layer.conv_state, has_initial_state=has_initial, cache_indices=layer.indices(n),
-                     query_start_loc=layer.seq_bounds(t, n))
+                     query_start_loc=layer.seq_bounds(t, n).to(device))
 
 
 def _post_conv(layer: _Layer, conv_out, b, a):
@@ -185,9 +188,8 @@ def gdn_chunk_prefill(p: dict[str, Any], device: str) -> None:
     mixed_qkv, b, a = layer.projections(t)
     conv_out = mixed_qkv.contiguous()
     q, k, v, g, beta = (x.unsqueeze(0) for x in _post_conv(layer, conv_out, b, a))
-    cu_cpu = torch.linspace(0, t, n + 1).round().to(torch.int32)
-    indices = layer.indices(n)
-    initial_state = layer.ssm_state[indices]
+    cu_cpu = layer.seq_bounds(t, n)
+    initial_state = layer.ssm_state[layer.indices(n)]
     chunk_gated_delta_rule(q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state, output_final_state=True,
                            cu_seqlens=cu_cpu.to(device),
                            chunk_indices=prepare_chunk_indices(cu_cpu, 64).to(device),
@@ -206,11 +208,10 @@ def gdn_conv_update(p: dict[str, Any], device: str) -> None:
     if p.get("speculative"):
         q_len = layer.num_spec + 1
         mixed_qkv, _, _ = layer.projections(batch * q_len)
-        spec_indices = torch.arange(1, batch * q_len + 1, dtype=torch.int32, device=device).view(batch, q_len) % layer.blocks
         causal_conv1d_update(mixed_qkv, layer.conv_state, layer.conv_weight, None, "silu",
-                             conv_state_indices=spec_indices[:, 0][:batch],
+                             conv_state_indices=layer.indices(batch, q_len)[:, 0][:batch],
                              num_accepted_tokens=torch.ones(batch, dtype=torch.int32, device=device),
-                             query_start_loc=torch.arange(0, (batch + 1) * q_len, q_len, dtype=torch.int32, device=device),
+                             query_start_loc=layer.uniform_starts(batch, q_len),
                              max_query_len=q_len, validate_data=False)
     else:
         mixed_qkv, _, _ = layer.projections(batch)
@@ -247,14 +248,11 @@ def gdn_sigmoid_gating_update(p: dict[str, Any], device: str) -> None:
     q_len = layer.num_spec + 1 if p.get("speculative") else 1
     mixed_qkv, b, a = layer.projections(batch * q_len)
     q, k, v = _split_qkv(layer, mixed_qkv)
-    cu = torch.arange(0, (batch + 1) * q_len, q_len, dtype=torch.int32, device=device)
-    if p.get("speculative"):
-        indices = torch.arange(1, batch * q_len + 1, dtype=torch.int32, device=device).view(batch, q_len) % layer.blocks
-        accepted = torch.ones(batch, dtype=torch.int32, device=device)
-    else:
-        indices, accepted = layer.indices(batch), None
+    indices = layer.indices(batch, q_len if p.get("speculative") else 1)
+    accepted = torch.ones(batch, dtype=torch.int32, device=device) if p.get("speculative") else None
     fused_sigmoid_gating_delta_rule_update(A_log=layer.A_log, a=a, b=b, dt_bias=layer.dt_bias, q=q, k=k, v=v,
-                                           initial_state=layer.ssm_state, inplace_final_state=True, cu_seqlens=cu,
+                                           initial_state=layer.ssm_state, inplace_final_state=True,
+                                           cu_seqlens=layer.uniform_starts(batch, q_len),
                                            ssm_state_indices=indices, num_accepted_tokens=accepted,
                                            use_qk_l2norm_in_kernel=True)
 
@@ -276,12 +274,12 @@ def gdn_gated_rmsnorm(p: dict[str, Any], device: str) -> None:
     import torch
     from vllm.third_party.flash_linear_attention.ops.layernorm_guard import rmsnorm_fn
 
-    dt = _dt(p["dtype"])
+    dt = torch_dtype(p["dtype"])
     t, hv, dv = p["tokens"], p["num_v_heads"], p["head_v_dim"]
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(t, hv, dv, dtype=dt, device=device, generator=gen)
     z = torch.randn(t, hv, dv, dtype=dt, device=device, generator=gen)
-    weight = torch.ones(dv, dtype=_dt(p["weight_dtype"]), device=device)
+    weight = torch.ones(dv, dtype=torch_dtype(p["weight_dtype"]), device=device)
     rmsnorm_fn(x, weight, None, z=z, eps=p["eps"], group_size=None, norm_before_gate=True, activation=p["activation"])
 
 
@@ -337,12 +335,11 @@ def wna16_moe_gemm(p: dict[str, Any], device: str) -> None:
 
     e, e_align, inter, hidden, top_k = p["num_experts"], p["align_experts"], p["intermediate"], p["hidden"], p["top_k"]
     bits, gs, m = p["bits"], p["group_size"], p["tokens"]
-    dt = _dt(p["dtype"])
+    dt = torch_dtype(p["dtype"])
     per_byte = 8 // bits
     gen = torch.Generator(device=device).manual_seed(0)
-    w1 = torch.randint(0, 255, (e, 2 * inter, hidden // per_byte), dtype=torch.uint8, device=device, generator=gen)
-    w2 = torch.randint(0, 255, (e, hidden, inter // per_byte), dtype=torch.uint8, device=device, generator=gen)
-    config = try_get_optimal_moe_config(w1.size(), w2.size(), top_k, "int4_w4a16" if bits == 4 else "int8_w8a16", m,
+    w1_shape, w2_shape = (e, 2 * inter, hidden // per_byte), (e, hidden, inter // per_byte)
+    config = try_get_optimal_moe_config(w1_shape, w2_shape, top_k, "int4_w4a16" if bits == 4 else "int8_w8a16", m,
                                         block_shape=[0, gs])
     topk_ids = torch.stack([torch.randperm(e_align, generator=torch.Generator().manual_seed(i))[:top_k]
                             for i in range(m)]).to(torch.int32)
@@ -352,13 +349,13 @@ def wna16_moe_gemm(p: dict[str, Any], device: str) -> None:
     compute = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dt]
     if p["gemm"] == "w13":
         a = torch.randn(m, hidden, dtype=dt, device=device, generator=gen)
-        b, n, k, call_top_k, weights = w1, 2 * inter, hidden, top_k, None
-        c = torch.empty(m, top_k, n, dtype=dt, device=device)
+        b_shape, n, k, call_top_k, weights = w1_shape, 2 * inter, hidden, top_k, None
     else:
         a = torch.randn(m * top_k, inter, dtype=dt, device=device, generator=gen)
-        b, n, k, call_top_k = w2, hidden, inter, 1
+        b_shape, n, k, call_top_k = w2_shape, hidden, inter, 1
         weights = torch.rand(m, top_k, dtype=torch.float32, device=device, generator=gen)
-        c = torch.empty(m, top_k, n, dtype=dt, device=device)
+    b = torch.randint(0, 255, b_shape, dtype=torch.uint8, device=device, generator=gen)
+    c = torch.empty(m, top_k, n, dtype=dt, device=device)
     scale = torch.rand(e, n, k // gs, dtype=dt, device=device, generator=gen) * 0.01
     zp = (torch.randint(0, 255, (e, n * bits // 8, k // gs), dtype=torch.uint8, device=device, generator=gen)
           if p["has_zp"] else None)
@@ -375,7 +372,7 @@ def shared_expert_gate(p: dict[str, Any], device: str) -> None:
     import torch
 
     gate = importlib.import_module(p["module"]).fused_shared_expert_gate
-    dt = _dt(p["dtype"])
+    dt = torch_dtype(p["dtype"])
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(p["tokens"], p["hidden"], dtype=dt, device=device, generator=gen)
     out = torch.randn(p["tokens"], p["hidden"], dtype=dt, device=device, generator=gen)

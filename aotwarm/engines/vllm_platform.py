@@ -38,7 +38,6 @@ def _shim_class() -> type:
         ray_device_key = "GPU"
         dist_backend = "nccl"
         device_control_env_var = "CUDA_VISIBLE_DEVICES"
-        cuda_runtime_major = 0
 
         @classmethod
         def get_device_capability(cls, device_id: int = 0) -> Any:
@@ -59,8 +58,6 @@ def _shim_class() -> type:
 
         @classmethod
         def get_cuda_runtime_major(cls) -> int:
-            if cls.cuda_runtime_major:
-                return cls.cuda_runtime_major
             major = (torch.version.cuda or "0").split(".", 1)[0]
             return int(major) if major.isdigit() else 0
 
@@ -75,17 +72,17 @@ def _shim_class() -> type:
     return TorchCudaPlatform
 
 
-def ensure_cuda_platform(cuda_runtime_major: int = 0, force: bool = False) -> str:
-    """Set vLLM's current platform to a CUDA platform; returns which one ("vllm" or "aotwarm-shim").
+def ensure_cuda_platform(force: bool = False) -> str:
+    """Set vLLM's current platform to a CUDA platform once per process; returns which one
+    ("vllm" or "aotwarm-shim").
 
     ``force``: replace whatever vLLM resolved (build workers: the builder may have no GPU, so
-    vLLM's own resolution would say CPU).  Without it, a CUDA platform vLLM resolved is kept.
+    vLLM's own resolution would say CPU).  Without it, a CUDA platform vLLM resolves is kept.
     """
+    if "platform" in PLATFORM_CHOICE:  # decided earlier in this process
+        return PLATFORM_CHOICE["platform"]
     import vllm.platforms as platforms
 
-    if not force and platforms._current_platform is not None and platforms._current_platform.is_cuda():
-        PLATFORM_CHOICE["platform"] = "vllm"
-        return "vllm"
     if not force:
         try:
             if platforms.current_platform.is_cuda():
@@ -98,9 +95,7 @@ def ensure_cuda_platform(cuda_runtime_major: int = 0, force: bool = False) -> st
 
         platform, choice = NonNvmlCudaPlatform(), "vllm"
     except Exception:  # compiled extension not loadable next to this torch
-        cls = _shim_class()
-        cls.cuda_runtime_major = cuda_runtime_major
-        platform, choice = cls(), "aotwarm-shim"
+        platform, choice = _shim_class()(), "aotwarm-shim"
     platforms._current_platform = platform
     PLATFORM_CHOICE["platform"] = choice
     return choice

@@ -20,6 +20,7 @@ from ..engines import EngineInfo
 from ..model import ModelSpec
 from ..plan import FamilyCoverage, KernelCoverage, ServingArgs, WorkItem
 from ..targets import Target
+from .intmath import cdiv
 
 NB_ROWS = 2048 * 32  # fla: NB = triton.cdiv(rows, 2048 * 32)
 
@@ -40,10 +41,6 @@ def _state_reason(h0: bool, final: bool) -> str:
     start = "continuing from a cached state (USE_INITIAL_STATE)" if h0 else "fresh sequences"
     end = "state stored for decode" if final else "no state stored: forward without a cache (STORE_FINAL_STATE=False)"
     return f"{start}, {end}"
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def nb_buckets(max_rows: int) -> list[int]:

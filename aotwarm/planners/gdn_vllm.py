@@ -28,6 +28,7 @@ from ..engines import EngineInfo
 from ..model import ModelSpec
 from ..plan import FamilyCoverage, KernelCoverage, ServingArgs, WorkItem
 from ..targets import Target
+from .intmath import cdiv, int_class, next_pow2
 
 CHUNK_KERNELS = ("chunk_local_cumsum_scalar_kernel", "chunk_scaled_dot_kkt_fwd_kernel",
                  "merge_16x16_to_64x64_inverse_kernel", "recompute_w_u_fwd_kernel",
@@ -35,18 +36,9 @@ CHUNK_KERNELS = ("chunk_local_cumsum_scalar_kernel", "chunk_scaled_dot_kkt_fwd_k
 FUSED_MTP_STATE_DTYPES = ("bfloat16", "float32")
 
 
-def int_class(n: int) -> str:
-    """Triton's value class of a specialized int argument."""
-    return "1" if n == 1 else ("16" if n % 16 == 0 else "other")
-
-
-def next_pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
 def rows_per_block(m: int, sms: int) -> int:
     """vLLM 0.33 ``calc_rows_per_block``."""
-    return min(next_pow2(-(-m // (2 * sms))), 4)
+    return min(next_pow2(cdiv(m, 2 * sms)), 4)
 
 
 def capture_sizes(serving: ServingArgs, target: Target) -> list[int]:
@@ -59,7 +51,7 @@ def capture_sizes(serving: ServingArgs, target: Target) -> list[int]:
     cap = min(cap, serving.max_num_batched_tokens)
     sizes = [s for s in [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, cap + 1, 16)) if s <= cap]
     if query_len > 1:  # CompilationConfig.adjust_cudagraph_sizes_for_spec_decode: multiples of k + 1
-        rounded = sorted({r for r in (-(-s // query_len) * query_len for s in sizes) if r <= cap})
+        rounded = sorted({r for r in (cdiv(s, query_len) * query_len for s in sizes) if r <= cap})
         sizes = rounded or ([query_len] if query_len <= cap else [])
     return sizes
 

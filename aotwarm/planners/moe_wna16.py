@@ -28,7 +28,7 @@ from ..errors import BadInput
 from ..model import ModelSpec
 from ..plan import FamilyCoverage, KernelCoverage, ServingArgs, WorkItem
 from ..targets import Target
-from .gdn_vllm import int_class, next_pow2
+from .intmath import int_class, next_pow2
 
 KERNEL = "fused_moe_kernel_gptq_awq"
 TRITON_METHODS = ("gptq", "moe_wna16", "compressed-tensors")
@@ -144,18 +144,14 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
     tuned, tuned_from = tuned_configs(engine, e_local, inter, qdtype, target)
     base = {"num_experts": e_local, "align_experts": e_align, "intermediate": inter, "hidden": hidden, "top_k": top_k,
             "bits": scheme["bits"], "group_size": gs, "has_zp": scheme["has_zp"], "dtype": dtype}
-    first: dict[tuple, int] = {}
-    ranges: dict[tuple, list[int]] = {}
+    ranges: dict[tuple, list[int]] = {}  # signature -> [first M, last M] that reach it
     for m in range(1, serving.max_num_batched_tokens + 1):
         config = block_config(m, top_k, e_local, scheme, tuned)
         for gemm, k in (("w13", hidden), ("w2", inter)):
-            sig = gemm_signature(m, gemm, top_k, e_align, k, config)
-            first.setdefault(sig, m)
-            span = ranges.setdefault(sig, [m, m])
-            span[1] = m
+            ranges.setdefault(gemm_signature(m, gemm, top_k, e_align, k, config), [m, m])[1] = m
     items: list[WorkItem] = []
     classes: list[str] = []
-    for n, (sig, m) in enumerate(sorted(first.items(), key=lambda kv: (kv[0][0], kv[1]))):
+    for n, (sig, (m, _)) in enumerate(sorted(ranges.items(), key=lambda kv: (kv[0][0], kv[1][0]))):
         gemm, cfg, em_cls, nvt_cls = sig
         cfg_d = dict(cfg)
         label = (f"{gemm} BM{cfg_d['BLOCK_SIZE_M']} BN{cfg_d['BLOCK_SIZE_N']} BK{cfg_d['BLOCK_SIZE_K']}"

@@ -17,7 +17,7 @@ from ..engines import EngineInfo
 from ..model import ModelSpec
 from ..plan import FamilyCoverage, KernelCoverage, ServingArgs, WorkItem
 from ..targets import Target
-from .gdn_vllm import int_class
+from .intmath import int_class
 
 DEFAULT_MODULE = "vllm.model_executor.layers.fused_moe.shared_expert_gate"
 MODULE_ENV = "AOTWARM_SHARED_EXPERT_GATE_MODULE"
