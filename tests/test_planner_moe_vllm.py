@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from aotwarm.engines import EngineInfo
+from aotwarm.errors import BadInput
 from aotwarm.model import load_model
 from aotwarm.plan import ServingArgs
 from aotwarm.planners import make_plan
@@ -151,6 +152,9 @@ def test_shared_expert_gate_without_and_with_a_kernel(monkeypatch):
     plan = moe_plan(QWEN2_57B, families=("shared-expert-gate",))
     assert plan.families[0].status == "planned" and len(plan.items) == 1
     assert plan.items[0].params["hidden"] == 3584
+    monkeypatch.setenv("AOTWARM_SHARED_EXPERT_GATE_MODULE", "no.such.gate_module")
+    with pytest.raises(BadInput, match="AOTWARM_SHARED_EXPERT_GATE_MODULE=no.such.gate_module cannot be imported"):
+        moe_plan(QWEN2_57B, families=("shared-expert-gate",))
     no_shared = moe_plan(CONFIGS / "Qwen--Qwen3-30B-A3B-FP8.json", families=("shared-expert-gate",))
     assert no_shared.families[0].status == "not-applicable" and "no shared expert" in no_shared.families[0].summary
 

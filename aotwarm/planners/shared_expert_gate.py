@@ -14,6 +14,7 @@ import importlib.util
 import os
 
 from ..engines import EngineInfo
+from ..errors import BadInput
 from ..model import ModelSpec
 from ..plan import FamilyCoverage, KernelCoverage, ServingArgs, WorkItem
 from ..targets import Target
@@ -30,9 +31,12 @@ def gate_module() -> str:
 def engine_has_gate_kernel() -> bool:
     name = gate_module()
     try:
-        return importlib.util.find_spec(name) is not None
+        found = importlib.util.find_spec(name) is not None
     except ModuleNotFoundError:  # a parent package is missing
-        return False
+        found = False
+    if not found and os.environ.get(MODULE_ENV):
+        raise BadInput(f"{MODULE_ENV}={name} cannot be imported here: fix the module name or PYTHONPATH, or unset it")
+    return found
 
 
 def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: EngineInfo
