@@ -4,24 +4,16 @@ every decode batch size -> 0 compiles.  Both prefill backends: Triton (everythin
 sm90 default, where the chunk pipeline is FlashInfer's and reported as not covered."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.gpu.evidence import evidence, keep_file
 from tests.gpu.test_end_to_end_gdn import MODEL, aotwarm
 
 pytest.importorskip("vllm")
-
-
-def evidence(name: str, data) -> None:
-    """With AOTWARM_EVIDENCE_DIR set, keep what a run measured (for docs/benchmarks.md)."""
-    folder = os.environ.get("AOTWARM_EVIDENCE_DIR")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / name).write_text(data if isinstance(data, str) else json.dumps(data, indent=1))
 
 
 @pytest.fixture(scope="module", params=["triton", "auto"])
@@ -33,10 +25,7 @@ def installed(request, tmp_path_factory):
             "--json", env={"CUDA_VISIBLE_DEVICES": ""})
     built = aotwarm("build", "--plan", str(plan), "-o", str(bundle), "--json", env={"CUDA_VISIBLE_DEVICES": ""})
     evidence(f"build-{backend}.json", built.stdout)
-    if os.environ.get("AOTWARM_EVIDENCE_DIR"):  # keep the bundle for bench/first_call.py
-        import shutil
-
-        shutil.copy(bundle, Path(os.environ["AOTWARM_EVIDENCE_DIR"]) / f"bundle-{backend}.tar.zst")
+    keep_file(bundle, f"bundle-{backend}.tar.zst")
     dest = tmp_path_factory.mktemp("node") / "elsewhere"
     aotwarm("install", str(bundle), "--dir", str(dest))
     return backend, bundle, plan, dest

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.gpu.evidence import evidence, keep_file
 from tests.gpu.test_end_to_end_gdn import aotwarm
 
 pytest.importorskip("vllm")
@@ -26,7 +27,9 @@ def installed(tmp_path_factory):
     hidden = {**ENV, "CUDA_VISIBLE_DEVICES": ""}
     aotwarm("plan", MODEL, "--gpu", "sm90", "--engine", "vllm", "--moe-backend", "triton", "-o", str(plan), "--json",
             env=hidden)
-    aotwarm("build", "--plan", str(plan), "-o", str(bundle), "--json", env=hidden)
+    built = aotwarm("build", "--plan", str(plan), "-o", str(bundle), "--json", env=hidden)
+    evidence("build-moe.json", built.stdout)
+    keep_file(bundle, "bundle-moe.tar.zst")
     dest = tmp_path_factory.mktemp("node") / "elsewhere"
     aotwarm("install", str(bundle), "--dir", str(dest), env=ENV)
     return bundle, plan, dest
@@ -36,6 +39,7 @@ def test_verify_zero_misses(installed):
     bundle, _, dest = installed
     proc = aotwarm("verify", str(bundle), "--dir", str(dest), "--json", env=ENV, check=False)
     report = json.loads(proc.stdout)
+    evidence("verify-moe.json", proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert report["misses"] == [] and report["failed_items"] == []
 
@@ -47,4 +51,5 @@ def test_random_m_zero_compiles(installed):
                           env={**os.environ, **ENV})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    evidence("random-m-moe.json", out)
     assert len(out["ms"]) >= 40 and out["compiles"] == 0, out["misses"]
