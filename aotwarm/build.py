@@ -48,6 +48,7 @@ class BuildOptions:
     tune: bool = False  # measure autotune results here, on a GPU of the target kind
     tuning_from: Path | None = None  # reuse measured results from an earlier bundle
     pin_autotune: str | None = None  # "first": pin the engine's first config, unmeasured
+    add_deepgemm: Path | None = None  # take the DeepGEMM part from this bundle (built on a GPU node)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class BuildResult:
     work_dir: Path
     autotune: list = field(default_factory=list)
     launcher_note: str = ""
+    deepgemm: dict = field(default_factory=lambda: {"status": "none", "items": []})
 
     @property
     def failed(self) -> list[ItemOutcome]:
@@ -87,6 +89,8 @@ class BuildResult:
             "launchers": len(self.launcher_entries),
             "autotune_shipped": sum(r.provenance != "node" for r in self.autotune),
             "autotune_left_to_node": sum(r.provenance == "node" for r in self.autotune),
+            "deepgemm": self.deepgemm["status"],
+            "deepgemm_kernels": self.deepgemm.get("entries", 0),
             "seconds": round(self.seconds, 1),
         }
 
@@ -137,10 +141,10 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
     launcher_env, launcher_note = _launcher_setup(options.launchers, work_dir)
     done = _load_state(work_dir, bool(launcher_env))
     outcomes: dict[str, ItemOutcome] = {}
-    for item in plan.items:
+    for item in plan.triton_items:
         if item.id in done:
             outcomes[item.id] = ItemOutcome(**{**done[item.id], "resumed": True})
-    pending = [Task(i.id, i.op, i.params) for i in plan.items if i.id not in outcomes]
+    pending = [Task(i.id, i.op, i.params) for i in plan.triton_items if i.id not in outcomes]
 
     def collect(res: dict) -> None:
         compiles = res.get("compiles", [])
@@ -164,7 +168,7 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
                            log_dir=work_dir / "logs", item_timeout=item_timeout, keep_going=keep_going)
         run_tasks(pending, opts, collect)
     ordered = [outcomes[i.id] if i.id in outcomes else ItemOutcome(i.id, False, "not run: the build stopped at an earlier failure")
-               for i in plan.items]
+               for i in plan.triton_items]
     result = BuildResult(None, None, ordered, time.monotonic() - start, work_dir)
     if result.failed and not keep_going:
         first = result.failed[0]
@@ -180,8 +184,17 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
 
     records = [r for o in result.outcomes if o.ok for r in o.autotune]
     result.autotune = assemble(records, measured, measured_source, reusable, options.pin_autotune)
+    if plan.gpu_items and on_phase:
+        on_phase(f"DeepGEMM: {len(plan.gpu_items)} shape(s) on this GPU")
+    from .deepgemm import build_section
+
+    result.deepgemm, dg_files = build_section(plan, work_dir / "deep_gemm", jobs, options.add_deepgemm)
+    if result.deepgemm["status"] == "failed" and not keep_going:
+        raise BuildIncomplete(f"DeepGEMM item {result.deepgemm['reason']}; no bundle written (re-run to resume: "
+                              f"compiled kernels stay in {work_dir / 'deep_gemm'})")
     manifest = _manifest(plan, result)
     files = collect_entries(cache_root, result.entries | result.launcher_entries)
+    files.update(dg_files)
     for r in result.autotune:
         if r.content is not None:
             files[f"triton/{r.disk_key}/{r.file_name}"] = r.content
@@ -214,14 +227,18 @@ def _manifest(plan: Plan, result: BuildResult) -> dict:
     failed = {o.id: o.error for o in result.failed}
     counts = {p: sum(r.provenance == p for r in result.autotune) for p in ("measured", "reused", "pinned", "node")}
     coverage = []
+    dg = result.deepgemm
     for fam in plan.families:
         items = [i for i in plan.items if i.family == fam.family]
-        coverage.append({
-            "family": fam.family, "status": "incomplete" if any(i.id in failed for i in items) else fam.status,
-            "summary": fam.summary, "kernels": [k.__dict__ for k in fam.kernels], "uncovered": list(fam.uncovered)
-            + [f"work item {i.id} failed to build: {failed[i.id]}" for i in items if i.id in failed],
-            "work_items": len(items),
-        })
+        status = "incomplete" if any(i.id in failed for i in items) else fam.status
+        uncovered = list(fam.uncovered) + [f"work item {i.id} failed to build: {failed[i.id]}" for i in items
+                                           if i.id in failed]
+        if any(i.needs_gpu for i in items) and dg["status"] != "built":
+            status = "not-built"
+            uncovered.append(f"DeepGEMM kernels not in this bundle: {dg.get('reason', dg['status'])}")
+        coverage.append({"family": fam.family, "status": status, "summary": fam.summary,
+                         "kernels": [k.__dict__ for k in fam.kernels], "uncovered": uncovered,
+                         "work_items": len(items)})
     return {
         "aotwarm_version": __version__,
         "plan": json.loads(plan.to_json()),
@@ -237,6 +254,7 @@ def _manifest(plan: Plan, result: BuildResult) -> dict:
         "autotune": {"results": [r.manifest_entry() for r in result.autotune], "counts": counts},
         "launchers": {"included": bool(result.launcher_entries), "count": len(result.launcher_entries),
                       "python_abi": fp.python_abi, "note": result.launcher_note},
+        "deepgemm": dg,
     }
 
 
@@ -291,7 +309,7 @@ def _tune(plan: Plan, cache_root: Path, work_dir: Path, result: BuildResult, ite
     errors: list[str] = []
     opts = PoolOptions(mode="replay", target_json=json.dumps(plan.target), jobs=1, env=env,
                        log_dir=work_dir / "logs", item_timeout=item_timeout, keep_going=True)
-    run_tasks([Task(i.id, i.op, i.params) for i in plan.items], opts,
+    run_tasks([Task(i.id, i.op, i.params) for i in plan.triton_items], opts,
               lambda res: errors.append(f"{res['id']}: {res['error']}") if not res["ok"] else None)
     if errors:
         raise BuildIncomplete(f"measuring autotune results failed for {len(errors)} item(s), first: {errors[0]}")

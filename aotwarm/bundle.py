@@ -36,6 +36,8 @@ CACHE_PLACEHOLDER = "@AOTWARM_TRITON_CACHE_DIR@"
 ZSTD_LEVEL = 10
 MAX_MANIFEST_BYTES = 64 << 20
 _SAFE_NAME = re.compile(r"^triton/[A-Z2-7]{52}/[A-Za-z0-9_.\-]{1,255}$")
+# DeepGEMM JIT cache entries: deep_gemm/cache/<kernel>.<32 hex>/<file> (see aotwarm.deepgemm)
+_SAFE_DG_NAME = re.compile(r"^deep_gemm/cache/[A-Za-z0-9_]{1,128}\.[0-9a-f]{32}/(kernel\.cu|kernel\.cubin|meta\.json|\.committed)$")
 
 
 class SinkError(Exception):
@@ -211,7 +213,7 @@ def _why(err: BaseException) -> str:
 
 
 def _check_member_name(name: str) -> None:
-    if name != MANIFEST and not _SAFE_NAME.match(name):
+    if name != MANIFEST and not _SAFE_NAME.match(name) and not _SAFE_DG_NAME.match(name):
         raise BadInput(f"bundle member {name!r} has an unsafe or unexpected path: refusing the bundle")
     parts = PurePosixPath(name).parts
     if ".." in parts or name.startswith("/"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import EXIT_FAILED, EXIT_OK, AotwarmError
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, AotwarmError
 
 
 def _emit_json(obj) -> None:
@@ -88,8 +88,11 @@ def serving_options(fn):
                      help="vLLM: CUDA runtime major of the serving image (vLLM's FlashInfer rule on sm100 reads it)."),
         click.option("--ep", default=1, show_default=True, type=click.IntRange(1),
                      help="vLLM: expert-parallel size (experts split across ranks)."),
-        click.option("--moe-backend", default="auto", show_default=True, type=click.Choice(["auto", "triton"]),
-                     help="vLLM: MoE backend (auto: vLLM's choice; triton forces the Triton WNA16 kernel)."),
+        click.option("--moe-backend", default="auto", show_default=True, type=click.Choice(["auto", "triton", "deep_gemm"]),
+                     help="vLLM: MoE backend (auto: vLLM's choice; triton forces the Triton WNA16 kernel; deep_gemm the DeepGEMM FP8 experts)."),
+        click.option("--weights", default="auto", show_default=True, type=click.Choice(["auto", "off"]),
+                     help="FP8 block models: read safetensors headers (local model directory, or the hub's headers "
+                          "when it answers) to check shapes and find projections kept unquantized."),
         click.option("-j", "--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(1),
                      help="Worker processes."),
     ]
@@ -113,6 +116,12 @@ def _make_plan(model: str, opts: dict, quiet: bool):
         raise BadInput("--gpu is required: a GPU profile or an arch alias such as sm90 (see `aotwarm targets`)")
     resolved = resolve_target(gpu, num_sms)
     spec, source = load_model(model)
+    from .planners.deepgemm import fp8_block_shape
+
+    if fp8_block_shape(spec) is not None:  # the only consumer of checkpoint facts so far
+        from .checkpoint import read_weights
+
+        spec = dataclasses.replace(spec, weights=read_weights(source, opts["weights"]))
     eng = detect_engine(opts["engine"])
     # every serving option is a ServingArgs field of the same name; engine and families are resolved here
     fields = {f.name for f in dataclasses.fields(ServingArgs)} - {"engine", "families"}
@@ -205,11 +214,16 @@ def _default_output(model: str, target: str) -> Path:
               help="Reuse measured autotune results from an earlier bundle where kernel, configs and key are unchanged.")
 @click.option("--pin-autotune", type=click.Choice(["first"]),
               help="Ship unmeasured results that pin the engine's first config (recorded as pinned).")
+@click.option("--add", "add_deepgemm", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Take the DeepGEMM part from this bundle (built from the same plan on a GPU node).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def build(model, plan_file, output, keep_going, work_dir, item_timeout, launchers, tune, tuning_from, pin_autotune,
-          as_json, **opts) -> None:
-    """Compile every planned kernel in child processes (no GPU needed) and write a bundle."""
+          add_deepgemm, as_json, **opts) -> None:
+    """Compile every planned kernel in child processes and write a bundle.
+
+    Triton kernels need no GPU.  DeepGEMM kernels (FP8 block models) need a GPU of the target kind:
+    without one the bundle is written with the Triton part and the exit code is 4."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from . import build as build_mod
@@ -239,7 +253,7 @@ def build(model, plan_file, output, keep_going, work_dir, item_timeout, launcher
                         TextColumn("{task.description}"), console=err, disable=as_json)
     failure = None
     with progress:
-        task = progress.add_task("", total=len(p.items))
+        task = progress.add_task("", total=len(p.triton_items))
 
         def tick(outcome) -> None:
             progress.update(task, advance=1, description=outcome.id + ("" if outcome.ok else " [red]FAILED[/]"))
@@ -248,7 +262,7 @@ def build(model, plan_file, output, keep_going, work_dir, item_timeout, launcher
 
         try:
             options = build_mod.BuildOptions(launchers=launchers, tune=tune, tuning_from=tuning_from,
-                                             pin_autotune=pin_autotune)
+                                             pin_autotune=pin_autotune, add_deepgemm=add_deepgemm)
             result = build_mod.build(p, output, jobs=opts["jobs"], keep_going=keep_going, work_dir=work_dir,
                                      item_timeout=item_timeout, on_result=tick, options=options,
                                      on_phase=lambda what: progress.update(task, description=what))
@@ -272,9 +286,13 @@ def build(model, plan_file, output, keep_going, work_dir, item_timeout, launcher
                             f"{counts['pinned']} pinned, {counts['node']} left to the node"
                             + (f" (--tuning-from had no match for {counts['node']})" if tuning_from and counts["node"] else ""))
             console().print(f"launchers: {result.manifest['launchers']['count']} — {result.manifest['launchers']['note']}")
+            dg = result.deepgemm
+            if dg["status"] != "none":
+                console().print(f"DeepGEMM: {dg['status']}" + (f", {dg.get('entries', 0)} kernels" if dg["status"] == "built"
+                                                                 else f" — {dg.get('reason', '')}"))
     if failure:
         raise failure
-    sys.exit(EXIT_OK)
+    sys.exit(EXIT_PARTIAL if result.deepgemm["status"] == "not-built" else EXIT_OK)
 
 
 @main.command()

@@ -6,6 +6,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # verification found misses, or a build did not complete
 EXIT_BAD_INPUT = 2  # bad input or usage
 EXIT_INCOMPATIBLE = 3  # this environment cannot use this bundle
+EXIT_PARTIAL = 4  # build: bundle written with its Triton part; the DeepGEMM part needs a GPU of the target kind
 
 
 class AotwarmError(Exception):

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bundle import TRITON_PREFIX, SinkError, read_bundle, relocate_group_file
+from .deepgemm import CACHE_PREFIX as DG_PREFIX
+from .deepgemm import INSTALL_SUBDIR
 from .errors import BadInput, Incompatible
 from .fsutil import sha256_file
 
@@ -46,16 +48,30 @@ class InstallResult:
     manifest: dict
 
     def env(self) -> dict[str, str]:
-        return engine_env(self.dest)
+        return engine_env(self.dest, self.manifest)
 
 
-def engine_env(dest: Path) -> dict[str, str]:
+def engine_env(dest: Path, manifest: dict | None = None) -> dict[str, str]:
     """What the serving engine's environment needs to use an installed bundle."""
-    return {
+    env = {
         "TRITON_CACHE_DIR": str(Path(dest).absolute() / "triton"),
         # autotune results are read from the cache dir only if this is set before the engine imports its kernels
         "TRITON_CACHE_AUTOTUNING": "1",
     }
+    if has_deepgemm(manifest):
+        env["DG_JIT_CACHE_DIR"] = str(deepgemm_dir(dest))
+    return env
+
+
+def has_deepgemm(manifest: dict | None) -> bool:
+    return bool(manifest) and (manifest.get("deepgemm") or {}).get("status") == "built"
+
+
+def deepgemm_dir(dest: Path) -> Path:
+    """DG_JIT_CACHE_DIR of an install: inside the Triton generation, so one rename publishes both caches."""
+    from .deepgemm import INSTALL_SUBDIR
+
+    return Path(dest).absolute() / "triton" / INSTALL_SUBDIR
 
 
 def _prepare_dest(dest: Path) -> None:
@@ -168,10 +184,19 @@ def _assemble(bundle: Path, manifest: dict, dest: Path, current: Path | None, ne
     if current is not None:
         _link_tree(current, new)
     staging = new / (RECORDS + STAGE_SUFFIX)
+    staging.mkdir()
     cache_dir = dest / "triton"
     count = [0]
 
     def write(name: str, data: bytes) -> None:
+        if name.startswith(DG_PREFIX):  # DeepGEMM entries: keyed by content, overwritten whole
+            target = new / INSTALL_SUBDIR / name[len(DG_PREFIX):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".aotwarm-tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+            count[0] += 1
+            return
         target = staging / name[len(TRITON_PREFIX):]
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.name.startswith("__grp__"):

@@ -46,6 +46,15 @@ class GdnDims:
 
 
 @dataclass(frozen=True)
+class AttentionDims:
+    """Full-attention projection dimensions (global, before tensor parallelism)."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
 class ModelSource:
     """Where the config came from, and its content hash."""
 
@@ -75,6 +84,11 @@ class ModelSpec:
     shared_expert_intermediate_size: int | None = None
     quantization: dict = field(default_factory=dict)
     gdn_output_gate: str = "silu"  # vLLM: config.output_gate_type (swish == silu), the RMSNormGated activation
+    attention: AttentionDims | None = None
+    intermediate_size: int | None = None  # dense MLP width
+    mlp_only_layers: tuple[int, ...] = ()  # MoE models: layers with a dense MLP instead of experts
+    decoder_sparse_step: int = 1  # MoE models: every n-th layer has experts
+    weights: dict | None = None  # checkpoint facts from safetensors headers (aotwarm.checkpoint), when read
 
     @property
     def num_gdn_layers(self) -> int:
@@ -140,6 +154,11 @@ def spec_from_config(config: dict) -> ModelSpec:
         if gdn.num_v_heads % gdn.num_k_heads:
             raise BadInput(f"linear_num_value_heads={gdn.num_v_heads} is not a multiple of linear_num_key_heads={gdn.num_k_heads}")
     quant = dict(top.get("quantization_config") or text.get("quantization_config") or {})
+    attention = None
+    if text.get("num_attention_heads"):
+        heads = int(text["num_attention_heads"])
+        attention = AttentionDims(num_heads=heads, num_kv_heads=int(text.get("num_key_value_heads") or heads),
+                                  head_dim=int(text.get("head_dim") or int(text["hidden_size"]) // heads))
     return ModelSpec(
         architectures=tuple(top.get("architectures") or ()),
         model_type=model_type,
@@ -158,6 +177,10 @@ def spec_from_config(config: dict) -> ModelSpec:
         moe_intermediate_size=text.get("moe_intermediate_size"),
         shared_expert_intermediate_size=text.get("shared_expert_intermediate_size"),
         quantization=quant,
+        attention=attention,
+        intermediate_size=text.get("intermediate_size"),
+        mlp_only_layers=tuple(int(i) for i in text.get("mlp_only_layers") or ()),
+        decoder_sparse_step=int(text.get("decoder_sparse_step") or 1),
     )
 
 

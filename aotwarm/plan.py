@@ -54,6 +54,8 @@ class WorkItem:
     # filled by the probe: kernel name -> list of {"key": autotune key or None, "configs": n}
     kernels: dict[str, list[dict]] = field(default_factory=dict)
     jit_keys: int = 0
+    # True: a JIT that needs a GPU of the target kind (DeepGEMM); built and verified on one, never probed
+    needs_gpu: bool = False
 
 
 @dataclass
@@ -87,6 +89,16 @@ class Plan:
     sm_count_sensitive: bool = False  # does any planned kernel's key depend on the SM count?
     format: int = PLAN_FORMAT
     aotwarm_version: str = __version__
+
+    @property
+    def triton_items(self) -> list[WorkItem]:
+        """Items compiled under the virtual target GPU (probe, GPU-less build, Triton verify)."""
+        return [i for i in self.items if not i.needs_gpu]
+
+    @property
+    def gpu_items(self) -> list[WorkItem]:
+        """Items whose JIT needs a GPU of the target kind (DeepGEMM)."""
+        return [i for i in self.items if i.needs_gpu]
 
     def body(self) -> dict:
         d = asdict(self)

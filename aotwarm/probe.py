@@ -47,10 +47,10 @@ def probe_plan(plan: Plan, jobs: int = 2, on_result=None) -> Plan:
     """Fill each item's kernels/autotune keys and the plan's sorted JIT-key set."""
     from .errors import AotwarmError
 
-    results = _run_probe(plan.items, plan, jobs, on_result)
+    results = _run_probe(plan.triton_items, plan, jobs, on_result)
     all_keys: set[str] = set()
     autotune_keys: set[str] = set()
-    for item in plan.items:
+    for item in plan.triton_items:
         res = results.get(item.id)
         if res is None or not res["ok"]:
             err = res["error"] if res else "no result"

@@ -86,6 +86,9 @@ def inspect_tables(manifest: dict, path: str) -> list:
         ("autotune results", _autotune_line(manifest["autotune"]["counts"])),
         ("launchers", f"{manifest['launchers']['count']} ({manifest['launchers']['python_abi']}) — {manifest['launchers']['note']}"),
     ]
+    dg = manifest.get("deepgemm") or {}
+    if dg.get("status", "none") != "none":
+        rows.append(("DeepGEMM", _deepgemm_line(dg)))
     for r in rows:
         head.add_row(*r)
     cov = Table(title="Coverage")
@@ -94,6 +97,14 @@ def inspect_tables(manifest: dict, path: str) -> list:
     for c in manifest["coverage"]:
         cov.add_row(c["family"], c["status"], str(c["work_items"]), c["summary"], "\n".join(c["uncovered"]) or "-")
     return [head, cov]
+
+
+def _deepgemm_line(dg: dict) -> str:
+    if dg["status"] != "built":
+        return f"{dg['status']}: {dg.get('reason', '')}"
+    i = dg["identity"]
+    return (f"{dg['entries']} kernels for {len(dg['items'])} shapes — DeepGEMM {i.get('version')} (headers "
+            f"{str(i.get('include_sha256'))[:12]}), nvcc {i.get('nvcc')}, sm_{i.get('arch')}, {i.get('num_sms')} SMs")
 
 
 def _autotune_line(c: dict) -> str:
@@ -123,6 +134,20 @@ def verify_tables(report) -> list:
                          report.c_builds, len(report.unplanned_keys),
                          f"{len(report.unused_entries)}/{report.bundle_entries}", report.seconds)))
     out.append(s)
+    dg = report.deepgemm
+    if dg.get("status") == "not-built":
+        out.append(_list_table("DeepGEMM: this bundle has no DeepGEMM kernels (built without a GPU of the target "
+                               "kind); they compile on first use", "status", ["not-built"]))
+    if dg.get("items"):
+        d = Table(title="DeepGEMM replay (every planned M, nvcc replaced by a sentinel that fails any compile)")
+        for col in ("shapes", "M values visited", "kernels installed", "new kernels", "compiler runs", "failed"):
+            d.add_column(col, justify="right")
+        d.add_row(*map(str, (dg["items"], dg.get("m_visited", 0), dg.get("cached_kernels", 0), dg["new_kernels"],
+                             dg["compile_attempts"], len(dg["failed_items"]))))
+        out.append(d)
+        if dg["failed_items"]:
+            out.append(_list_table("DeepGEMM items that failed (a kernel was missing: the sentinel refused to compile)",
+                                   "item: error", dg["failed_items"]))
     if report.misses:
         m = Table(title="Misses")
         for col in ("work item", "kernel", "signature", "constexprs"):

@@ -45,12 +45,16 @@ class VerifyReport:
     unused_entries: list[str] = field(default_factory=list)  # "kernel-name ENTRY" never loaded by the replay
     seconds: float = 0.0
 
+    deepgemm: dict = field(default_factory=dict)  # DeepGEMM replay: new kernels, compiler calls (must be 0)
+
     expect_no_benchmarks: bool = False  # the bundle ships results for every planned autotune key
     expect_no_c_builds: bool = False  # the bundle ships the launchers
 
     @property
     def passed(self) -> bool:
+        dg = self.deepgemm
         return (not self.preflight and not self.misses and not self.failed_items
+                and not dg.get("new_kernels") and not dg.get("compile_attempts") and not dg.get("failed_items")
                 and not (self.expect_no_benchmarks and self.benchmarks)
                 and not (self.expect_no_c_builds and self.c_builds))
 
@@ -104,6 +108,12 @@ def preflight(manifest: dict, gpu: dict | None) -> list[Mismatch]:
             "kernel source text and line numbers are in the key: use the identical engine build")
     except BadInput as err:
         out.append(Mismatch(f"engine {manifest['engine']['name']}", manifest["engine"]["version"], "not installed", str(err)))
+    from .install import has_deepgemm
+
+    if has_deepgemm(manifest):
+        from .deepgemm import identity_mismatches
+
+        out.extend(identity_mismatches(manifest["deepgemm"], gpu=gpu is not None))
     if gpu is not None:
         cmp("GPU compute capability", ".".join(map(str, target["capability"])), ".".join(map(str, gpu["capability"])),
             "build for this node's arch (--gpu)")
@@ -155,13 +165,19 @@ def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) ->
     counts = manifest["autotune"]["counts"]
     report.expect_no_benchmarks = counts["node"] == 0
     report.expect_no_c_builds = manifest["launchers"]["included"]
-    env = {**os.environ, **engine_env(dest)}
+    env = {**os.environ, **engine_env(dest, manifest)}
     if report.expect_no_c_builds:
         env["CC"] = _failing_program()  # any launcher the bundle lacks would fail loudly, not build quietly
     with _tmpdir() as logs:
         opts = PoolOptions(mode="replay", target_json=json.dumps(manifest["target"]), jobs=1, env=env,
                            log_dir=Path(logs), item_timeout=timeout, keep_going=True)
-        run_tasks([Task(i.id, i.op, i.params) for i in plan.items], opts, collect)
+        if plan.triton_items:
+            run_tasks([Task(i.id, i.op, i.params) for i in plan.triton_items], opts, collect)
+    if plan.gpu_items:
+        from .deepgemm import verify_section
+        from .install import deepgemm_dir
+
+        report.deepgemm = verify_section(plan, manifest.get("deepgemm", {}), deepgemm_dir(dest))
     report.unplanned_keys = sorted(unplanned)
     used = {m["entry"] for m in report.misses} | hit_entries
     bundle_entries: dict[str, str] = {}

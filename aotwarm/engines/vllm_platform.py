@@ -69,6 +69,11 @@ def _shim_class() -> type:
         def current_device(cls) -> int:
             return torch.cuda.current_device()
 
+        @classmethod
+        def support_deep_gemm(cls) -> bool:  # vLLM 0.33 CudaPlatformBase.support_deep_gemm
+            major, minor = torch.cuda.get_device_capability(torch.cuda.current_device())
+            return (major, minor) == (9, 0) or major in (10, 12)
+
     return TorchCudaPlatform
 
 

@@ -1,0 +1,260 @@
+"""DeepGEMM part of a bundle: build it on a GPU of the target kind, check identity, verify zero compiles.
+
+A plan's DeepGEMM items (``WorkItem.needs_gpu``) each run in a child process
+(``python -m aotwarm.deepgemm_worker``) with ``DG_JIT_CACHE_DIR`` pointing at one cache for the
+plan; children run concurrently (distinct (N, K, groups) never share a kernel).  A child visits every
+M of its item through vLLM's wrappers and reports the cache entries that appeared.
+
+DeepGEMM's cache entry is ``cache/<kernel>.<hash>/{kernel.cu, kernel.cubin, meta.json}``; the hash
+covers the generated source (N, K, groups, block layout, the SM count) and the compiler identity.
+Measured on the H100 (docs/benchmarks.md): moving the DeepGEMM library to another path keeps every
+hit, a different SM count (``set_num_sms``) compiles new kernels, and DeepGEMM runs
+``nvcc --version`` even when every kernel is cached.  The manifest therefore records the library
+version and header digest, the nvcc release, the arch and the SM count, and install / verify refuse a
+node where any of them differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from .plan import Plan, WorkItem
+
+if TYPE_CHECKING:
+    from .verify import Mismatch
+
+CACHE_PREFIX = "deep_gemm/"
+INSTALL_SUBDIR = ".deep_gemm"  # inside the installed Triton generation: one atomic publish for both caches
+
+
+@dataclass
+class GpuItemOutcome:
+    id: str
+    ok: bool
+    error: str | None = None
+    m_visited: int = 0
+    new_entries: list[str] = field(default_factory=list)
+    compile_attempts: int = 0  # verify: compiler invocations caught by the sentinel
+    seconds: float = 0.0
+    warmup_calls: dict = field(default_factory=dict)
+
+
+def entries(cache_dir: Path) -> set[str]:
+    root = Path(cache_dir) / "cache"
+    return {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+
+
+def gpu_problem(plan: Plan) -> str | None:
+    """Why the DeepGEMM items cannot be built here (None: a GPU of the target kind is visible)."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not importable"
+    if not torch.cuda.is_available():
+        return "no GPU is visible on this builder"
+    name, cap = torch.cuda.get_device_name(0), list(torch.cuda.get_device_capability(0))
+    want = plan.target
+    if cap != list(want["capability"]):
+        return f"this GPU is {name} (sm{cap[0]}{cap[1]}), the target is {want['name']}"
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    if sms < want["num_sms"]:
+        return f"this GPU has {sms} SMs, the plan is for {want['num_sms']}"
+    return None
+
+
+def run_items(items: list[WorkItem], cache_dir: Path, num_sms: int, jobs: int, max_tokens: int,
+              extra_env: dict[str, str] | None = None, timeout: float = 1800.0, count_warmup: bool = False,
+              on_result: Callable[[GpuItemOutcome], None] | None = None) -> list[GpuItemOutcome]:
+    """Run each item's sweep in its own child process (``jobs`` at a time) against ``cache_dir``."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DG_JIT_CACHE_DIR": str(cache_dir), **(extra_env or {})}
+    pending, running, done = list(items), [], []
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            item = pending.pop(0)
+            task = json.dumps({"op": item.op, "params": item.params, "num_sms": num_sms, "max_tokens": max_tokens,
+                               "count_warmup": count_warmup})
+            out = tempfile.TemporaryFile()
+            proc = subprocess.Popen([sys.executable, "-m", "aotwarm.deepgemm_worker", task], stdout=out,
+                                    stderr=subprocess.STDOUT, env=env)
+            running.append((item, proc, out, time.monotonic()))
+        time.sleep(0.2)
+        for entry in list(running):
+            item, proc, out, started = entry
+            if proc.poll() is None and time.monotonic() - started < timeout:
+                continue
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            running.remove(entry)
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+            out.close()
+            outcome = _outcome(item, proc.returncode, text, time.monotonic() - started)
+            done.append(outcome)
+            if on_result:
+                on_result(outcome)
+    order = {i.id: n for n, i in enumerate(items)}
+    return sorted(done, key=lambda o: order[o.id])
+
+
+def _outcome(item: WorkItem, code: int, text: str, seconds: float) -> GpuItemOutcome:
+    lines = [ln for ln in text.splitlines() if ln.startswith("{")]
+    if code == 0 and lines:
+        res = json.loads(lines[-1])
+        return GpuItemOutcome(item.id, True, None, res["m_visited"], res["new_entries"], 0, round(seconds, 1),
+                              res.get("warmup_calls", {}))
+    tail = " | ".join(text.strip().splitlines()[-3:])[-600:]
+    return GpuItemOutcome(item.id, False, f"exit {code}: {tail}", seconds=round(seconds, 1))
+
+
+def build_section(plan: Plan, cache_dir: Path, jobs: int, add_from: Path | None = None, on_result=None
+                  ) -> tuple[dict, dict[str, bytes]]:
+    """Build the plan's DeepGEMM items here, or take them from ``add_from`` (a bundle built on a GPU node),
+    or record why not; returns (manifest section, bundle files)."""
+    items = plan.gpu_items
+    if not items:
+        return {"status": "none", "items": []}, {}
+    if add_from is not None:
+        return section_from_bundle(plan, Path(add_from))
+    problem = gpu_problem(plan)
+    if problem is not None:
+        return {"status": "not-built", "reason": f"{problem}: DeepGEMM compiles on a GPU of the target kind "
+                f"({plan.target['name']}); build there, or --add a bundle built there",
+                "items": [{"id": i.id, "built": False} for i in items]}, {}
+    from .engines.vllm_deepgemm import library_identity
+
+    outcomes = run_items(items, cache_dir, plan.target["num_sms"], jobs, plan.serving["max_num_batched_tokens"],
+                         count_warmup=True, on_result=on_result)
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        return {"status": "failed", "reason": f"{failed[0].id}: {failed[0].error}",
+                "items": [asdict(o) for o in outcomes]}, {}
+    identity = {**library_identity(), **_device_identity(cache_dir)}
+    identity.pop("library_root", None)
+    files = collect(cache_dir)
+    return {"status": "built", "identity": identity, "entries": len(entries(cache_dir)),
+            "library_root_at_build": library_identity().get("library_root"),
+            "items": [asdict(o) for o in outcomes]}, files
+
+
+def section_from_bundle(plan: Plan, other: Path) -> tuple[dict, dict[str, bytes]]:
+    """``--add``: the DeepGEMM part of another bundle, when it covers this plan's shapes with this DeepGEMM."""
+    from .bundle import read_bundle
+    from .engines.vllm_deepgemm import library_identity
+    from .errors import BadInput
+
+    files: dict[str, bytes] = {}
+    manifest = read_bundle(other, sink=lambda name, data: files.__setitem__(name, data)
+                           if name.startswith(CACHE_PREFIX) else None)
+    section = manifest.get("deepgemm") or {}
+    if section.get("status") != "built":
+        raise BadInput(f"--add {other}: that bundle has no built DeepGEMM part (status {section.get('status')!r}): "
+                       "build it on a GPU of the target kind first")
+    theirs = {i["id"]: i["params"] for i in manifest["plan"]["items"] if i.get("needs_gpu")}
+    missing = [i.id for i in plan.gpu_items if theirs.get(i.id) != i.params]
+    if missing:
+        raise BadInput(f"--add {other}: it does not cover DeepGEMM shape {missing[0]} of this plan "
+                       f"({len(missing)} missing): build it from this plan (`aotwarm build --plan`) on the GPU node")
+    if manifest["target"]["num_sms"] != plan.target["num_sms"] or manifest["target"]["capability"] != plan.target["capability"]:
+        raise BadInput(f"--add {other}: built for {manifest['target']['name']} with {manifest['target']['num_sms']} SMs, "
+                       f"this plan targets {plan.target['name']} with {plan.target['num_sms']}")
+    here = library_identity()
+    for key in ("version", "include_sha256"):
+        if here.get("found") and here.get(key) != section["identity"].get(key):
+            raise BadInput(f"--add {other}: its DeepGEMM {key} ({str(section['identity'].get(key))[:16]}) differs from "
+                           f"this builder's ({str(here.get(key))[:16]}): use the same vLLM build on both")
+    return {**section, "added_from": str(other)}, files
+
+
+def _device_identity(cache_dir: Path) -> dict:
+    """arch and SM count as DeepGEMM saw them, from a child (keeps CUDA out of the build process)."""
+    proc = subprocess.run([sys.executable, "-m", "aotwarm.deepgemm_worker", json.dumps({"identity": True})],
+                          capture_output=True, text=True, env={**os.environ, "DG_JIT_CACHE_DIR": str(cache_dir)})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"reading DeepGEMM's device identity failed: {proc.stderr.strip()[-400:]}")
+    return json.loads(lines[-1])
+
+
+def collect(cache_dir: Path) -> dict[str, bytes]:
+    """Every finished DeepGEMM cache entry of the build's cache, as bundle members."""
+    files: dict[str, bytes] = {}
+    root = Path(cache_dir) / "cache"
+    for name in sorted(entries(cache_dir)):
+        folder = root / name
+        if not (folder / "kernel.cubin").is_file():
+            continue  # an entry another process is still writing
+        for f in sorted(folder.iterdir()):
+            if f.is_file():
+                files[f"{CACHE_PREFIX}cache/{name}/{f.name}"] = f.read_bytes()
+    return files
+
+
+def identity_mismatches(section: dict, gpu: bool) -> list[Mismatch]:
+    """Refusals for a node whose DeepGEMM, nvcc (or, with ``gpu``, arch / SM count) differ from the build's."""
+    if section.get("status") != "built":
+        return []
+    from .engines.vllm_deepgemm import library_identity
+    from .verify import Mismatch
+
+    want = section["identity"]
+    have = library_identity()
+    out: list[Mismatch] = []
+    if not have.get("found"):
+        return [Mismatch("DeepGEMM", str(want.get("version")), "not importable",
+                         "install the vLLM build the bundle was made with (vllm.third_party.deep_gemm)")]
+    checks = [("DeepGEMM version", "version", "install the same vLLM / DeepGEMM"),
+              ("DeepGEMM JIT headers", "include_sha256", "the headers are hashed into every kernel key: same DeepGEMM"),
+              ("nvcc release", "nvcc", "DeepGEMM keys its cache by the compiler: install the CUDA toolkit of the build")]
+    for label, key, hint in checks:
+        if str(want.get(key)) != str(have.get(key)):
+            out.append(Mismatch(label, str(want.get(key))[:16], str(have.get(key))[:16], hint))
+    if gpu:
+        dev = _device_identity(Path(tempfile.gettempdir()))
+        for label, key in (("DeepGEMM arch", "arch"), ("DeepGEMM SM count", "num_sms")):
+            if str(want.get(key)) != str(dev.get(key)):
+                out.append(Mismatch(label, str(want.get(key)), str(dev.get(key)),
+                                    "generated DeepGEMM code bakes this in: build for this GPU (--gpu / --num-sms)"))
+    return out
+
+
+def sentinel_compiler(folder: Path) -> tuple[str, Path]:
+    """An nvcc stand-in for verify: answers ``--version`` like the real one, logs and fails any compile."""
+    from .engines.vllm_deepgemm import _nvcc
+
+    log = folder / "nvcc-calls.log"
+    script = folder / "nvcc"
+    script.write_text(f"#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then exec '{_nvcc()}' --version; fi\n"
+                      f"echo \"$@\" >> '{log}'\nexit 1\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script), log
+
+
+def verify_section(plan: Plan, section: dict, cache_dir: Path, on_result=None) -> dict:
+    """Run every DeepGEMM item over its M range against the installed cache; count new kernels and compiles."""
+    items = plan.gpu_items
+    if not items or section.get("status") != "built":
+        return {"status": section.get("status", "none"), "items": 0, "new_kernels": 0, "compile_attempts": 0,
+                "failed_items": []}
+    before = entries(cache_dir)
+    with tempfile.TemporaryDirectory(prefix="aotwarm-dg-verify-") as tmp:
+        compiler, log = sentinel_compiler(Path(tmp))
+        # nothing compiles in a passing replay, so the shapes run side by side on the GPU
+        outcomes = run_items(items, cache_dir, section["identity"]["num_sms"], len(items),
+                             plan.serving["max_num_batched_tokens"], {"DG_JIT_NVCC_COMPILER": compiler},
+                             on_result=on_result)
+        attempts = log.read_text().splitlines() if log.exists() else []
+    new = sorted(entries(cache_dir) - before)
+    return {"status": "verified", "items": len(items), "m_visited": sum(o.m_visited for o in outcomes),
+            "new_kernels": len(new), "compile_attempts": len(attempts), "cached_kernels": len(before),
+            "failed_items": [f"{o.id}: {o.error}" for o in outcomes if not o.ok]}

@@ -1,0 +1,109 @@
+"""vLLM's DeepGEMM start-up warmup on a GPU node: empty DG_JIT_CACHE_DIR vs a bundle's DeepGEMM cache.
+
+    python bench/deepgemm_warmup.py BUNDLE [--json OUT.json]
+
+Each condition is a fresh Python process that runs, for every DeepGEMM shape of the bundle's plan,
+the M values vLLM 0.33's default ("relax") warmup visits (``_generate_optimal_warmup_m_values``;
+for MoE shapes mapped through ``compute_aligned_M_and_alignment``) through vLLM's DeepGEMM wrappers:
+  empty   an empty DG_JIT_CACHE_DIR: DeepGEMM compiles every kernel those M values reach (nvcc)
+  bundle  the bundle installed fresh elsewhere: every kernel is found on disk
+Timing covers the calls (weights are made before the clock starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def relax_ms(item: dict, max_tokens: int) -> list[int]:
+    import torch
+    from vllm.model_executor.warmup.deep_gemm_warmup import _generate_optimal_warmup_m_values
+
+    p = item["params"]
+    device = torch.device("cuda", torch.cuda.current_device())
+    ms = _generate_optimal_warmup_m_values(max_tokens, p["n"], device)
+    if "groups" not in p:
+        return ms
+    from vllm.model_executor.layers.fused_moe.deep_gemm_utils import compute_aligned_M_and_alignment
+
+    return sorted({compute_aligned_M_and_alignment(m, p["top_k"], p["groups"], 128, None)[0]
+                   for m in set(ms) | {max_tokens}})
+
+
+def child(plan_path: str, cache_dir: str, item_id: str) -> None:
+    os.environ["DG_JIT_CACHE_DIR"] = cache_dir
+    sys.path.insert(0, str(ROOT))
+    from aotwarm.deepgemm import entries
+    from aotwarm.engines import vllm_deepgemm
+
+    plan = json.loads(Path(plan_path).read_text())
+    vllm_deepgemm._wrappers()  # sets vLLM's platform before relax_ms imports vLLM's warmup module
+    before = entries(cache_dir)
+    seconds, calls, per_item = 0.0, 0, {}
+    for item in (i for i in plan["items"] if i["id"] == item_id):
+        ms = relax_ms(item, plan["serving"]["max_num_batched_tokens"])
+        res = vllm_deepgemm.SWEEPS[item["op"]](item["params"], ms=ms)
+        seconds += res["seconds"]
+        calls += len(ms)
+        per_item[item["id"]] = {"calls": len(ms), "seconds": res["seconds"]}
+    print(json.dumps({"seconds": round(seconds, 2), "calls": calls, "per_item": per_item,
+                      "new_kernels": len(entries(cache_dir) - before)}))
+
+
+def run_child(plan_path: Path, cache_dir: Path, item_id: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", str(plan_path), str(cache_dir), item_id],
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bundle", nargs="?")
+    ap.add_argument("--json", dest="out")
+    ap.add_argument("--child", nargs=3)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from aotwarm.bundle import read_manifest
+    from aotwarm.install import deepgemm_dir, install
+
+    manifest = read_manifest(Path(args.bundle))
+    with tempfile.TemporaryDirectory(prefix="aotwarm-dg-bench-") as tmp:
+        tmp = Path(tmp)
+        plan_path = tmp / "plan.json"
+        plan_path.write_text(json.dumps(manifest["plan"]))
+        install(Path(args.bundle), tmp / "node" / "dir")
+        conditions = {"empty": tmp / "empty", "bundle": deepgemm_dir(tmp / "node" / "dir")}
+        out = {"device": torch.cuda.get_device_name(0), "bundle_kernels": manifest["deepgemm"].get("entries"),
+               "shapes": {}}
+        print("| shape | warmup calls (vLLM relax M values) | empty: seconds | empty: kernels compiled "
+              "| bundle: seconds | bundle: kernels compiled |")
+        print("|---|---:|---:|---:|---:|---:|", flush=True)
+        for item in (i for i in manifest["plan"]["items"] if i.get("needs_gpu")):  # one shape at a time,
+            r = {c: run_child(plan_path, d, item["id"]) for c, d in conditions.items()}  # results kept as they come
+            out["shapes"][item["id"]] = r
+            print(f"| {item['id']} | {r['empty']['calls']} | {r['empty']['seconds']} | {r['empty']['new_kernels']} "
+                  f"| {r['bundle']['seconds']} | {r['bundle']['new_kernels']} |", flush=True)
+            if args.out:
+                Path(args.out).write_text(json.dumps(out, indent=1))
+    total = {c: round(sum(r[c]["seconds"] for r in out["shapes"].values()), 2) for c in conditions}
+    print(f"total: empty {total['empty']} s, bundle {total['bundle']} s, "
+          f"empty/bundle = {round(total['empty'] / max(total['bundle'], 1e-3), 1)}x on {out['device']}")
+
+
+if __name__ == "__main__":
+    main()
