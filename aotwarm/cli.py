@@ -90,6 +90,8 @@ def serving_options(fn):
                      help="vLLM: expert-parallel size (experts split across ranks)."),
         click.option("--moe-backend", default="auto", show_default=True, type=click.Choice(["auto", "triton", "deep_gemm"]),
                      help="vLLM: MoE backend (auto: vLLM's choice; triton forces the Triton WNA16 kernel; deep_gemm the DeepGEMM FP8 experts)."),
+        click.option("--deep-gemm-e8m0/--no-deep-gemm-e8m0", "deep_gemm_e8m0", default=True, show_default=True,
+                     help="vLLM: VLLM_USE_DEEP_GEMM_E8M0 on the serving nodes (UE8M0 scales for DeepGEMM)."),
         click.option("--weights", default="auto", show_default=True, type=click.Choice(["auto", "off"]),
                      help="FP8 block models: read safetensors headers (local model directory, or the hub's headers "
                           "when it answers) to check shapes and find projections kept unquantized."),

@@ -73,10 +73,13 @@ def gpu_problem(plan: Plan) -> str | None:
 
 def run_items(items: list[WorkItem], cache_dir: Path, num_sms: int, jobs: int, max_tokens: int,
               extra_env: dict[str, str] | None = None, timeout: float = 1800.0, count_warmup: bool = False,
-              on_result: Callable[[GpuItemOutcome], None] | None = None) -> list[GpuItemOutcome]:
+              on_result: Callable[[GpuItemOutcome], None] | None = None, e8m0: bool | None = None
+              ) -> list[GpuItemOutcome]:
     """Run each item's sweep in its own child process (``jobs`` at a time) against ``cache_dir``."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DG_JIT_CACHE_DIR": str(cache_dir), **(extra_env or {})}
+    if e8m0 is not None:  # the serving setting, not whatever the builder's environment says
+        env["VLLM_USE_DEEP_GEMM_E8M0"] = "1" if e8m0 else "0"
     pending, running, done = list(items), [], []
     while pending or running:
         while pending and len(running) < max(1, jobs):
@@ -134,7 +137,7 @@ def build_section(plan: Plan, cache_dir: Path, jobs: int, add_from: Path | None 
     from .engines.vllm_deepgemm import library_identity
 
     outcomes = run_items(items, cache_dir, plan.target["num_sms"], jobs, plan.serving["max_num_batched_tokens"],
-                         count_warmup=True, on_result=on_result)
+                         count_warmup=True, on_result=on_result, e8m0=plan.serving.get("deep_gemm_e8m0", True))
     failed = [o for o in outcomes if not o.ok]
     if failed:
         return {"status": "failed", "reason": f"{failed[0].id}: {failed[0].error}",
@@ -252,7 +255,7 @@ def verify_section(plan: Plan, section: dict, cache_dir: Path, on_result=None) -
         # nothing compiles in a passing replay, so the shapes run side by side on the GPU
         outcomes = run_items(items, cache_dir, section["identity"]["num_sms"], len(items),
                              plan.serving["max_num_batched_tokens"], {"DG_JIT_NVCC_COMPILER": compiler},
-                             on_result=on_result)
+                             on_result=on_result, e8m0=plan.serving.get("deep_gemm_e8m0", True))
         attempts = log.read_text().splitlines() if log.exists() else []
     new = sorted(entries(cache_dir) - before)
     return {"status": "verified", "items": len(items), "m_visited": sum(o.m_visited for o in outcomes),

@@ -35,6 +35,7 @@ class ServingArgs:
     cuda_runtime_major: int = 13
     ep: int = 1  # expert-parallel size: experts split across ranks, intermediate size not sharded
     moe_backend: str = "auto"
+    deep_gemm_e8m0: bool = True  # vLLM's VLLM_USE_DEEP_GEMM_E8M0 (UE8M0 scales): the build runs DeepGEMM with it
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import bench_child  # bench/ is sys.path[0] when a bench script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,11 +60,7 @@ def child(plan_path: str, cache_dir: str, item_id: str) -> None:
 
 
 def run_child(plan_path: Path, cache_dir: Path, item_id: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", str(plan_path), str(cache_dir), item_id],
-                          capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"child failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return bench_child.run_child(__file__, [plan_path, cache_dir, item_id])
 
 
 def main() -> None:
@@ -78,14 +75,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from aotwarm.bundle import read_manifest
     from aotwarm.install import deepgemm_dir, install
 
-    manifest = read_manifest(Path(args.bundle))
     with tempfile.TemporaryDirectory(prefix="aotwarm-dg-bench-") as tmp:
         tmp = Path(tmp)
-        plan_path = tmp / "plan.json"
-        plan_path.write_text(json.dumps(manifest["plan"]))
+        manifest, plan_path = bench_child.bundle_plan(Path(args.bundle), tmp)
         install(Path(args.bundle), tmp / "node" / "dir")
         conditions = {"empty": tmp / "empty", "bundle": deepgemm_dir(tmp / "node" / "dir")}
         out = {"device": torch.cuda.get_device_name(0), "bundle_kernels": manifest["deepgemm"].get("entries"),

@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import bench_child  # bench/ is sys.path[0] when a bench script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,11 +58,7 @@ def child(plan_path: str, cache_dir: str) -> None:
 
 def run_child(plan_path: Path, cache_dir: Path, no_cc: bool = False) -> dict:
     env = {**os.environ, **({"CC": "/bin/false"} if no_cc else {})}
-    proc = subprocess.run([sys.executable, __file__, "--child", str(plan_path), str(cache_dir)],
-                          capture_output=True, text=True, cwd=ROOT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"child failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return bench_child.run_child(__file__, [plan_path, cache_dir], env)
 
 
 def main() -> None:
@@ -77,14 +74,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from aotwarm.bundle import read_manifest
     from aotwarm.install import install
 
-    manifest = read_manifest(Path(args.bundle))
     with tempfile.TemporaryDirectory(prefix="aotwarm-bench-") as tmp:
         tmp = Path(tmp)
-        plan_path = tmp / "plan.json"
-        plan_path.write_text(json.dumps(manifest["plan"]))
+        manifest, plan_path = bench_child.bundle_plan(Path(args.bundle), tmp)
         results = {}
         empty = tmp / "empty-cache"
         results["empty"] = run_child(plan_path, empty)

@@ -26,12 +26,12 @@ QWEN3_8B = CONFIGS / "Qwen--Qwen3-8B-FP8.json"
 QWEN3_30B = CONFIGS / "Qwen--Qwen3-30B-A3B-FP8.json"
 
 
-def dg_plan(path, gpu="sm90", spec_change=None, **serving):
+def dg_plan(path, gpu="sm90", spec_change=None, engine=None, **serving):
     spec, src = load_model(str(path))
     if spec_change:
         spec = dataclasses.replace(spec, **spec_change)
     args = ServingArgs(engine="vllm", families=("deepgemm",), **serving)
-    return make_plan(spec, src, resolve_target(gpu), args, engine_info())
+    return make_plan(spec, src, resolve_target(gpu), args, engine or engine_info())
 
 
 def shapes(plan):
@@ -190,3 +190,38 @@ def test_corrupt_safetensors_header_is_a_one_line_error(tmp_path):
     (folder / "model.safetensors").write_bytes(b"\xff" * 8 + b"{}")
     proc, plan = _plan_json(folder, tmp_path)
     assert proc.returncode == 2 and "corrupt or hostile" in proc.stderr and plan is None
+
+
+def test_add_takes_the_deepgemm_part_of_a_bundle_built_on_a_gpu_node(tmp_path):
+    """--add: a bundle whose plan has the same DeepGEMM shapes and whose DeepGEMM section is built (here
+    written directly, with this machine's DeepGEMM identity and one cache entry) lends its part."""
+    from aotwarm.build import build
+    from aotwarm.bundle import read_bundle, write_bundle
+    from aotwarm.engines.vllm_deepgemm import library_identity
+
+    from aotwarm.engines import detect_engine
+
+    vllm = detect_engine("vllm")  # the build checks the plan's engine against the installed one
+    plan = dg_plan(QWEN3_8B, engine=vllm)
+    here = library_identity()
+    assert here["found"]  # vLLM's vendored deep_gemm is installed in the test environment
+    entry = "deep_gemm/cache/sm90_fp8_gemm_1d2d.03685ea630436e7fbaff30ee1944dcd9/"
+    files = {entry + "kernel.cu": b"// generated", entry + "kernel.cubin": b"\x7fELF", entry + "meta.json": b"{}"}
+    section = {"status": "built", "entries": 1, "items": [],
+               "identity": {**here, "arch": "90a", "num_sms": plan.target["num_sms"]}}
+    donor = tmp_path / "gpu-node.tar.zst"
+    write_bundle(donor, {"plan": json.loads(plan.to_json()), "target": plan.target, "deepgemm": section}, files)
+    out = tmp_path / "merged.tar.zst"
+    from aotwarm.build import BuildOptions
+
+    result = build(plan, out, jobs=1, options=BuildOptions(launchers=False, add_deepgemm=donor))
+    assert result.deepgemm["status"] == "built" and result.deepgemm["added_from"] == str(donor)
+    got: dict[str, bytes] = {}
+    manifest = read_bundle(out, sink=got.__setitem__)
+    assert manifest["deepgemm"]["status"] == "built" and {k: v for k, v in got.items() if k.startswith("deep_gemm/")} == files
+    cov = next(c for c in manifest["coverage"] if c["family"] == "deepgemm")
+    assert cov["status"] == "planned"
+    # a donor whose plan lacks one of these shapes is refused
+    smaller = dg_plan(QWEN3_8B, tp=2, engine=vllm)
+    with pytest.raises(BadInput, match="does not cover DeepGEMM shape"):
+        build(smaller, tmp_path / "x.tar.zst", jobs=1, options=BuildOptions(launchers=False, add_deepgemm=donor))

@@ -188,6 +188,12 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
             if note:
                 uncovered.append(note)
             bound = grouped_m_bound(max_m, int(spec.num_experts_per_tok), e_local)
+            if fp8 and major in (10, 12):
+                uncovered.append("MoE on Blackwell: vLLM shrinks the contiguous-layout alignment per call "
+                                 "(get_theoretical_mk_alignment_for_contiguous_layout); only alignment 128 is swept")
+            if fp8:
+                uncovered.append("MoE masked layout (m_grouped_fp8_gemm_nt_masked: batched experts with DeepEP "
+                                 "low-latency / data-parallel all-to-all) is not planned; the contiguous layout is")
             for gemm, n, k in (("w13", 2 * inter, hidden), ("w2", hidden, inter)) if fp8 else ():
                 if n % 128 or k % 128:
                     uncovered.append(f"MoE {gemm} N={n} K={k}: not a multiple of the 128x128 block")
@@ -209,7 +215,8 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
     shapes_from = (f"shapes checked against {spec.weights['source']}" if (spec.weights or {}).get("projections")
                    else (spec.weights or {}).get("source", "shapes from config.json (no checkpoint headers read)"))
     summary = (f"{len(items)} DeepGEMM shape(s) on {target.sm_name} ({target.num_sms} SMs), every M the engine can "
-               f"produce up to {max_m} tokens; {shapes_from}; {GPU_NOTE}")
+               f"produce up to {max_m} tokens, UE8M0 scales {'on' if serving.deep_gemm_e8m0 else 'off'} "
+               f"(VLLM_USE_DEEP_GEMM_E8M0); {shapes_from}; {GPU_NOTE}")
     return FamilyCoverage(FAMILY, "planned", summary, kernels, uncovered), items
 
 

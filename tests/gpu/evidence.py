@@ -20,3 +20,20 @@ def keep_file(path: Path, name: str) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(folder) / name)
+
+
+def plan_build_install(name: str, model: str, plan_args: list[str], tmp_path_factory, build_env: dict | None = None,
+                       node_env: dict | None = None, build_args: tuple[str, ...] = ()):
+    """Plan and build ``model`` (``build_env``: e.g. the GPU hidden), keep the build summary and the bundle as
+    evidence, install the bundle into another directory; returns (bundle, plan, install dir)."""
+    from tests.gpu.test_end_to_end_gdn import aotwarm
+
+    build = tmp_path_factory.mktemp(f"builder-{name}")
+    bundle, plan = build / "bundle.tar.zst", build / "plan.json"
+    aotwarm("plan", model, "--gpu", "sm90", "--engine", "vllm", *plan_args, "-o", str(plan), "--json", env=build_env)
+    built = aotwarm("build", "--plan", str(plan), "-o", str(bundle), "--json", *build_args, env=build_env)
+    evidence(f"build-{name}.json", built.stdout)
+    keep_file(bundle, f"bundle-{name}.tar.zst")
+    dest = tmp_path_factory.mktemp("node") / "elsewhere"
+    aotwarm("install", str(bundle), "--dir", str(dest), env=node_env)
+    return bundle, plan, dest

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gpu.evidence import evidence, keep_file
+from tests.gpu.evidence import evidence, plan_build_install
 from tests.gpu.test_end_to_end_gdn import aotwarm
 
 pytest.importorskip("vllm")
@@ -24,16 +24,9 @@ CASES = {"qwen3-8b-fp8": ("Qwen--Qwen3-8B-FP8.json", []),
 def installed(request, tmp_path_factory):
     name = request.param
     config, extra = CASES[name]
-    build = tmp_path_factory.mktemp(f"builder-{name}")
-    bundle, plan = build / "dg.tar.zst", build / "plan.json"
-    aotwarm("plan", str(CONFIGS / config), "--gpu", "sm90", "--engine", "vllm", "--family", "deepgemm", *extra,
-            "-o", str(plan), "--json")
-    built = aotwarm("build", "--plan", str(plan), "-o", str(bundle), "--json", "-j", "8")
-    evidence(f"build-{name}.json", built.stdout)
+    bundle, plan, dest = plan_build_install(name, str(CONFIGS / config), ["--family", "deepgemm", *extra],
+                                            tmp_path_factory, build_args=("-j", "8"))  # the GPU stays visible
     evidence(f"manifest-deepgemm-{name}.json", json.loads(aotwarm("inspect", str(bundle), "--json").stdout)["deepgemm"])
-    keep_file(bundle, f"bundle-{name}.tar.zst")
-    dest = tmp_path_factory.mktemp("node") / "elsewhere"
-    aotwarm("install", str(bundle), "--dir", str(dest))
     return name, bundle, plan, dest
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gpu.evidence import evidence, keep_file
+from tests.gpu.evidence import evidence, plan_build_install
 from tests.gpu.test_end_to_end_gdn import MODEL, aotwarm
 
 pytest.importorskip("vllm")
@@ -19,15 +19,8 @@ pytest.importorskip("vllm")
 @pytest.fixture(scope="module", params=["triton", "auto"])
 def installed(request, tmp_path_factory):
     backend = request.param
-    build_dir = tmp_path_factory.mktemp(f"builder-{backend}")
-    bundle, plan = build_dir / "b.tar.zst", build_dir / "plan.json"
-    aotwarm("plan", MODEL, "--gpu", "sm90", "--engine", "vllm", "--gdn-prefill-backend", backend, "-o", str(plan),
-            "--json", env={"CUDA_VISIBLE_DEVICES": ""})
-    built = aotwarm("build", "--plan", str(plan), "-o", str(bundle), "--json", env={"CUDA_VISIBLE_DEVICES": ""})
-    evidence(f"build-{backend}.json", built.stdout)
-    keep_file(bundle, f"bundle-{backend}.tar.zst")
-    dest = tmp_path_factory.mktemp("node") / "elsewhere"
-    aotwarm("install", str(bundle), "--dir", str(dest))
+    bundle, plan, dest = plan_build_install(backend, MODEL, ["--gdn-prefill-backend", backend], tmp_path_factory,
+                                            build_env={"CUDA_VISIBLE_DEVICES": ""})
     return backend, bundle, plan, dest
 
 

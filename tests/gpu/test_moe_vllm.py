@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gpu.evidence import evidence, keep_file
+from tests.gpu.evidence import evidence, plan_build_install
 from tests.gpu.test_end_to_end_gdn import aotwarm
 
 pytest.importorskip("vllm")
@@ -22,17 +22,8 @@ ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "vllm_shims"), str(RO
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    build = tmp_path_factory.mktemp("builder")
-    bundle, plan = build / "moe.tar.zst", build / "plan.json"
-    hidden = {**ENV, "CUDA_VISIBLE_DEVICES": ""}
-    aotwarm("plan", MODEL, "--gpu", "sm90", "--engine", "vllm", "--moe-backend", "triton", "-o", str(plan), "--json",
-            env=hidden)
-    built = aotwarm("build", "--plan", str(plan), "-o", str(bundle), "--json", env=hidden)
-    evidence("build-moe.json", built.stdout)
-    keep_file(bundle, "bundle-moe.tar.zst")
-    dest = tmp_path_factory.mktemp("node") / "elsewhere"
-    aotwarm("install", str(bundle), "--dir", str(dest), env=ENV)
-    return bundle, plan, dest
+    return plan_build_install("moe", MODEL, ["--moe-backend", "triton"], tmp_path_factory,
+                              build_env={**ENV, "CUDA_VISIBLE_DEVICES": ""}, node_env=ENV)
 
 
 def test_verify_zero_misses(installed):
