@@ -159,13 +159,16 @@ def test_shared_expert_gate_without_and_with_a_kernel(monkeypatch):
     assert no_shared.families[0].status == "not-applicable" and "no shared expert" in no_shared.families[0].summary
 
 
-def test_fp8_block_models_state_deepgemm_as_not_covered():
+def test_fp8_block_models_plan_deepgemm_as_gpu_work():
+    """The deepgemm family (tests/test_planner_deepgemm.py has the shapes): planned on sm90/sm100, each item
+    marked as needing a GPU of the target kind; not applicable where vLLM does not use DeepGEMM."""
     for path in (CONFIGS / "Qwen--Qwen3-8B-FP8.json", CONFIGS / "Qwen--Qwen3-30B-A3B-FP8.json"):
-        for gpu, status in (("sm90", "not-covered"), ("sm100", "not-covered"), ("sm80", "not-applicable")):
-            fam = moe_plan(path, gpu=gpu, families=("deepgemm",)).families[0]
+        for gpu, status in (("sm90", "planned"), ("sm100", "planned"), ("sm80", "not-applicable")):
+            plan = moe_plan(path, gpu=gpu, families=("deepgemm",))
+            fam = plan.families[0]
             assert fam.status == status, (path.name, gpu, fam.summary)
-            if status == "not-covered":
-                assert "DG_JIT_CACHE_DIR" in fam.uncovered[0] and "not in this bundle" in fam.uncovered[0]
+            if status == "planned":
+                assert plan.items and all(i.needs_gpu for i in plan.items) and "needs a GPU" in fam.summary
     assert moe_plan(GPTQ_MOE, families=("deepgemm",)).families[0].status == "not-applicable"
 
 
