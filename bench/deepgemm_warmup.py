@@ -24,21 +24,6 @@ import bench_child  # bench/ is sys.path[0] when a bench script runs
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def relax_ms(item: dict, max_tokens: int) -> list[int]:
-    import torch
-    from vllm.model_executor.warmup.deep_gemm_warmup import _generate_optimal_warmup_m_values
-
-    p = item["params"]
-    device = torch.device("cuda", torch.cuda.current_device())
-    ms = _generate_optimal_warmup_m_values(max_tokens, p["n"], device)
-    if "groups" not in p:
-        return ms
-    from vllm.model_executor.layers.fused_moe.deep_gemm_utils import compute_aligned_M_and_alignment
-
-    return sorted({compute_aligned_M_and_alignment(m, p["top_k"], p["groups"], 128, None)[0]
-                   for m in set(ms) | {max_tokens}})
-
-
 def child(plan_path: str, cache_dir: str, item_id: str) -> None:
     os.environ["DG_JIT_CACHE_DIR"] = cache_dir
     sys.path.insert(0, str(ROOT))
@@ -46,17 +31,12 @@ def child(plan_path: str, cache_dir: str, item_id: str) -> None:
     from aotwarm.engines import vllm_deepgemm
 
     plan = json.loads(Path(plan_path).read_text())
-    vllm_deepgemm._wrappers()  # sets vLLM's platform before relax_ms imports vLLM's warmup module
+    vllm_deepgemm._wrappers()  # sets vLLM's platform before vLLM's warmup module is imported
+    item = next(i for i in plan["items"] if i["id"] == item_id)
+    ms = vllm_deepgemm.warmup_m_values(item["op"], item["params"], plan["serving"]["max_num_batched_tokens"])
     before = entries(cache_dir)
-    seconds, calls, per_item = 0.0, 0, {}
-    for item in (i for i in plan["items"] if i["id"] == item_id):
-        ms = relax_ms(item, plan["serving"]["max_num_batched_tokens"])
-        res = vllm_deepgemm.SWEEPS[item["op"]](item["params"], ms=ms)
-        seconds += res["seconds"]
-        calls += len(ms)
-        per_item[item["id"]] = {"calls": len(ms), "seconds": res["seconds"]}
-    print(json.dumps({"seconds": round(seconds, 2), "calls": calls, "per_item": per_item,
-                      "new_kernels": len(entries(cache_dir) - before)}))
+    res = vllm_deepgemm.SWEEPS[item["op"]](item["params"], ms=ms)
+    print(json.dumps({"seconds": res["seconds"], "calls": len(ms), "new_kernels": len(entries(cache_dir) - before)}))
 
 
 def run_child(plan_path: Path, cache_dir: Path, item_id: str) -> dict:

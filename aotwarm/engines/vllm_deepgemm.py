@@ -46,23 +46,34 @@ def m_values(params: dict) -> list[int]:
     return list(range(params["m_first"], params["m_last"] + 1, params["m_step"]))
 
 
-def sweep_fp8_gemm_nt(params: dict, device: str = "cuda", ms: list[int] | None = None) -> dict:
-    """vLLM's dense FP8 block linear (DeepGemmFp8BlockScaledMMKernel) at every M."""
+def _operands(n: int, k: int, groups: int | None, top: int, device: str):
+    """Weight + scales as the layer holds them, and activation / scale / output buffers for up to ``top`` rows
+    laid out as vLLM's DeepGEMM warmup lays them out (zero activation scales: UE8M0-safe)."""
     import torch
 
-    vdg = _wrappers()
-    n, k = params["n"], params["k"]
-    ms = ms if ms is not None else m_values(params)
-    w, ws = _weights(n, k, None, device)
-    top = max(ms)
+    w, ws = _weights(n, k, groups, device)
     a = torch.zeros((top, k), device=device, dtype=torch.float8_e4m3fn)
-    a_s = torch.zeros((top, k // 128), device=device, dtype=torch.float32)  # as vLLM's warmup (UE8M0-safe zeros)
+    a_s = torch.zeros((top, k // 128), device=device, dtype=torch.float32)
     out = torch.empty((top, n), device=device, dtype=torch.bfloat16)
+    return w, ws, a, a_s, out
+
+
+def _timed(ms: list[int], call) -> dict:
+    import torch
+
     start = time.perf_counter()
     for m in ms:
-        vdg.fp8_gemm_nt((a[:m], a_s[:m]), (w, ws), out[:m])
+        call(m)
     torch.cuda.synchronize()
     return {"m_visited": len(ms), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def sweep_fp8_gemm_nt(params: dict, device: str = "cuda", ms: list[int] | None = None) -> dict:
+    """vLLM's dense FP8 block linear (DeepGemmFp8BlockScaledMMKernel) at every M."""
+    vdg = _wrappers()
+    ms = ms if ms is not None else m_values(params)
+    w, ws, a, a_s, out = _operands(params["n"], params["k"], None, max(ms), device)
+    return _timed(ms, lambda m: vdg.fp8_gemm_nt((a[:m], a_s[:m]), (w, ws), out[:m]))
 
 
 def sweep_m_grouped_contiguous(params: dict, device: str = "cuda", ms: list[int] | None = None) -> dict:
@@ -70,51 +81,51 @@ def sweep_m_grouped_contiguous(params: dict, device: str = "cuda", ms: list[int]
     import torch
 
     vdg = _wrappers()
-    n, k, groups = params["n"], params["k"], params["groups"]
-    w, ws = _weights(n, k, groups, device)
-    align = vdg.get_mk_alignment_for_contiguous_layout()[0]
+    groups = params["groups"]
     ms = ms if ms is not None else m_values(params)
-    top = max(ms)
-    a = torch.zeros((top, k), device=device, dtype=torch.float8_e4m3fn)
-    a_s = torch.zeros((top, k // 128), device=device, dtype=torch.float32)
-    out = torch.empty((top, n), device=device, dtype=torch.bfloat16)
+    w, ws, a, a_s, out = _operands(params["n"], params["k"], groups, max(ms), device)
+    align = vdg.get_mk_alignment_for_contiguous_layout()[0]
     gen = torch.Generator(device=device).manual_seed(0)
-    start = time.perf_counter()
-    for m in ms:
+
+    def call(m: int) -> None:
         ids = torch.randint(0, groups, (m // align,), device=device, dtype=torch.int32, generator=gen)
         with vdg.mk_alignment_scope(align):
-            vdg.m_grouped_fp8_gemm_nt_contiguous((a[:m], a_s[:m]), (w, ws), out[:m],
-                                                 torch.repeat_interleave(ids, align))
-    torch.cuda.synchronize()
-    return {"m_visited": len(ms), "seconds": round(time.perf_counter() - start, 2)}
+            vdg.m_grouped_fp8_gemm_nt_contiguous((a[:m], a_s[:m]), (w, ws), out[:m], torch.repeat_interleave(ids, align))
+
+    return _timed(ms, call)
 
 
 SWEEPS = {"vllm.deepgemm_fp8_gemm_nt": sweep_fp8_gemm_nt,
           "vllm.deepgemm_m_grouped_fp8_gemm_nt_contiguous": sweep_m_grouped_contiguous}
 
 
-def warmup_calls(op: str, params: dict, max_tokens: int) -> dict:
-    """How many calls vLLM 0.33's own DeepGEMM warmup makes for this shape ("relax" and "full")."""
-    try:
-        return _warmup_calls(op, params, max_tokens)
-    except Exception as err:  # noqa: BLE001 - a count for the report; its absence is stated, not fatal
-        return {"unavailable": f"{type(err).__name__}: {err}"[:300]}
-
-
-def _warmup_calls(op: str, params: dict, max_tokens: int) -> dict:
+def warmup_m_values(op: str, params: dict, max_tokens: int, mode: str = "relax") -> list[int]:
+    """The M values (M_sum for MoE) vLLM 0.33's own DeepGEMM warmup visits for this shape, in ``mode``
+    "relax" (its default) or "full" — computed by vLLM's functions (needs vLLM's platform set: GPU side)."""
     import torch
     from vllm.model_executor.warmup.deep_gemm_warmup import _generate_optimal_warmup_m_values
 
     device = torch.device("cuda", torch.cuda.current_device())
     if op == "vllm.deepgemm_fp8_gemm_nt":
-        return {"relax": len(_generate_optimal_warmup_m_values(max_tokens, params["n"], device)), "full": max_tokens}
+        if mode == "full":
+            return list(range(1, max_tokens + 1))
+        return _generate_optimal_warmup_m_values(max_tokens, params["n"], device)
     from vllm.model_executor.layers.fused_moe.deep_gemm_utils import compute_aligned_M_and_alignment
 
-    relax_m = set(_generate_optimal_warmup_m_values(max_tokens, params["n"], device)) | {max_tokens}
-    cases = {compute_aligned_M_and_alignment(m, params["top_k"], params["groups"], 128, None) for m in relax_m}
-    full = {compute_aligned_M_and_alignment(m, params["top_k"], params["groups"], 128, None)
-            for m in range(1, max_tokens + 1)}
-    return {"relax": len(cases), "full": len(full)}
+    if mode == "full":
+        tokens = range(1, max_tokens + 1)
+    else:  # vLLM warms w13 and w2 with the larger N of the two (_get_grouped_gemm_params)
+        tokens = set(_generate_optimal_warmup_m_values(max_tokens, params["warmup_n"], device)) | {max_tokens}
+    return sorted({compute_aligned_M_and_alignment(m, params["top_k"], params["groups"], 128, None)[0]
+                   for m in tokens})
+
+
+def warmup_calls(op: str, params: dict, max_tokens: int) -> dict:
+    """How many calls vLLM 0.33's own DeepGEMM warmup makes for this shape ("relax" and "full")."""
+    try:
+        return {mode: len(warmup_m_values(op, params, max_tokens, mode)) for mode in ("relax", "full")}
+    except Exception as err:  # noqa: BLE001 - a count for the report; its absence is stated, not fatal
+        return {"unavailable": f"{type(err).__name__}: {err}"[:300]}
 
 
 def _nvcc() -> str:

@@ -201,7 +201,8 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
                 items.append(WorkItem(f"deepgemm/m_grouped_contiguous/{gemm}-E{e_local}-N{n}-K{k}", FAMILY,
                                       "vllm.deepgemm_m_grouped_fp8_gemm_nt_contiguous",
                                       {"n": n, "k": k, "groups": e_local, "top_k": int(spec.num_experts_per_tok),
-                                       "max_tokens": max_m, "m_first": 128, "m_last": bound, "m_step": 128},
+                                       "max_tokens": max_m, "m_first": 128, "m_last": bound, "m_step": 128,
+                                       "warmup_n": max(2 * inter, hidden)},  # vLLM's relax warmup N for both
                                       f"MoE {gemm} ({e_local} local experts)", needs_gpu=True))
     for item in items:
         p = item.params
