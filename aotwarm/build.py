@@ -188,7 +188,8 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
         on_phase(f"DeepGEMM: {len(plan.gpu_items)} shape(s) on this GPU")
     from .deepgemm import build_section
 
-    result.deepgemm, dg_files = build_section(plan, work_dir / "deep_gemm", jobs, options.add_deepgemm)
+    result.deepgemm, dg_files = build_section(plan, work_dir / "deep_gemm", work_dir / "logs" / "deepgemm", jobs,
+                                              options.add_deepgemm, item_timeout)
     if result.deepgemm["status"] == "failed" and not keep_going:
         raise BuildIncomplete(f"DeepGEMM item {result.deepgemm['reason']}; no bundle written (re-run to resume: "
                               f"compiled kernels stay in {work_dir / 'deep_gemm'})")

@@ -1,9 +1,10 @@
 """DeepGEMM part of a bundle: build it on a GPU of the target kind, check identity, verify zero compiles.
 
-A plan's DeepGEMM items (``WorkItem.needs_gpu``) each run in a child process
-(``python -m aotwarm.deepgemm_worker``) with ``DG_JIT_CACHE_DIR`` pointing at one cache for the
-plan; children run concurrently (distinct (N, K, groups) never share a kernel).  A child visits every
-M of its item through vLLM's wrappers and reports the cache entries that appeared.
+A plan's DeepGEMM items (``WorkItem.needs_gpu``) run in ``pool.py`` workers
+(``aotwarm.deepgemm_worker``: crash-isolated, per-item time limit, a log each) with
+``DG_JIT_CACHE_DIR`` pointing at one cache for the plan; workers run side by side (distinct
+(N, K, groups) never share a kernel).  A worker visits every M of its item through vLLM's wrappers and
+reports the cache entries it compiled.
 
 DeepGEMM's cache entry is ``cache/<kernel>.<hash>/{kernel.cu, kernel.cubin, meta.json}``; the hash
 covers the generated source (N, K, groups, block layout, the SM count) and the compiler identity.
@@ -22,10 +23,9 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .plan import Plan, WorkItem
 
@@ -42,8 +42,7 @@ class GpuItemOutcome:
     ok: bool
     error: str | None = None
     m_visited: int = 0
-    new_entries: list[str] = field(default_factory=list)
-    compile_attempts: int = 0  # verify: compiler invocations caught by the sentinel
+    new_entries: list[str] = field(default_factory=list)  # kernels this item compiled
     seconds: float = 0.0
     warmup_calls: dict = field(default_factory=dict)
 
@@ -71,57 +70,26 @@ def gpu_problem(plan: Plan) -> str | None:
     return None
 
 
-def run_items(items: list[WorkItem], cache_dir: Path, num_sms: int, jobs: int, max_tokens: int,
-              extra_env: dict[str, str] | None = None, timeout: float = 1800.0, count_warmup: bool = False,
-              on_result: Callable[[GpuItemOutcome], None] | None = None, e8m0: bool | None = None
-              ) -> list[GpuItemOutcome]:
-    """Run each item's sweep in its own child process (``jobs`` at a time) against ``cache_dir``."""
+def run_items(items: list[WorkItem], mode: str, cache_dir: Path, log_dir: Path, jobs: int, settings: dict,
+              e8m0: bool, extra_env: dict[str, str] | None = None, timeout: float = 1800.0) -> list[GpuItemOutcome]:
+    """Run the items' sweeps in ``pool.py`` workers (``aotwarm.deepgemm_worker``) against ``cache_dir``."""
+    from .pool import PoolOptions, Task, run_tasks
+
     cache_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "DG_JIT_CACHE_DIR": str(cache_dir), **(extra_env or {})}
-    if e8m0 is not None:  # the serving setting, not whatever the builder's environment says
-        env["VLLM_USE_DEEP_GEMM_E8M0"] = "1" if e8m0 else "0"
-    pending, running, done = list(items), [], []
-    while pending or running:
-        while pending and len(running) < max(1, jobs):
-            item = pending.pop(0)
-            task = json.dumps({"op": item.op, "params": item.params, "num_sms": num_sms, "max_tokens": max_tokens,
-                               "count_warmup": count_warmup})
-            out = tempfile.TemporaryFile()
-            proc = subprocess.Popen([sys.executable, "-m", "aotwarm.deepgemm_worker", task], stdout=out,
-                                    stderr=subprocess.STDOUT, env=env)
-            running.append((item, proc, out, time.monotonic()))
-        time.sleep(0.2)
-        for entry in list(running):
-            item, proc, out, started = entry
-            if proc.poll() is None and time.monotonic() - started < timeout:
-                continue
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            running.remove(entry)
-            out.seek(0)
-            text = out.read().decode(errors="replace")
-            out.close()
-            outcome = _outcome(item, proc.returncode, text, time.monotonic() - started)
-            done.append(outcome)
-            if on_result:
-                on_result(outcome)
-    order = {i.id: n for n, i in enumerate(items)}
-    return sorted(done, key=lambda o: order[o.id])
+    env = {**os.environ, "DG_JIT_CACHE_DIR": str(cache_dir), **(extra_env or {}),
+           # the serving setting, not whatever the builder's environment says
+           "VLLM_USE_DEEP_GEMM_E8M0": "1" if e8m0 else "0"}
+    results: dict[str, dict] = {}
+    opts = PoolOptions(mode=mode, target_json=json.dumps(settings), jobs=jobs, env=env, log_dir=log_dir,
+                       item_timeout=timeout, worker_module="aotwarm.deepgemm_worker")
+    run_tasks([Task(i.id, i.op, i.params) for i in items], opts, lambda res: results.__setitem__(res["id"], res))
+    return [GpuItemOutcome(i.id, bool(r.get("ok")), r.get("error"), r.get("m_visited", 0), r.get("new_entries", []),
+                           r.get("seconds", 0.0), r.get("warmup_calls", {}))
+            for i in items for r in [results.get(i.id, {"error": "not run"})]]
 
 
-def _outcome(item: WorkItem, code: int, text: str, seconds: float) -> GpuItemOutcome:
-    lines = [ln for ln in text.splitlines() if ln.startswith("{")]
-    if code == 0 and lines:
-        res = json.loads(lines[-1])
-        return GpuItemOutcome(item.id, True, None, res["m_visited"], res["new_entries"], 0, round(seconds, 1),
-                              res.get("warmup_calls", {}))
-    tail = " | ".join(text.strip().splitlines()[-3:])[-600:]
-    return GpuItemOutcome(item.id, False, f"exit {code}: {tail}", seconds=round(seconds, 1))
-
-
-def build_section(plan: Plan, cache_dir: Path, jobs: int, add_from: Path | None = None, on_result=None
-                  ) -> tuple[dict, dict[str, bytes]]:
+def build_section(plan: Plan, cache_dir: Path, log_dir: Path, jobs: int, add_from: Path | None = None,
+                  timeout: float = 1800.0) -> tuple[dict, dict[str, bytes]]:
     """Build the plan's DeepGEMM items here, or take them from ``add_from`` (a bundle built on a GPU node),
     or record why not; returns (manifest section, bundle files)."""
     items = plan.gpu_items
@@ -136,18 +104,18 @@ def build_section(plan: Plan, cache_dir: Path, jobs: int, add_from: Path | None 
                 "items": [{"id": i.id, "built": False} for i in items]}, {}
     from .engines.vllm_deepgemm import library_identity
 
-    outcomes = run_items(items, cache_dir, plan.target["num_sms"], jobs, plan.serving["max_num_batched_tokens"],
-                         count_warmup=True, on_result=on_result, e8m0=plan.serving.get("deep_gemm_e8m0", True))
+    settings = {"num_sms": plan.target["num_sms"], "max_tokens": plan.serving["max_num_batched_tokens"],
+                "count_warmup": True}
+    outcomes = run_items(items, "build", cache_dir, log_dir, jobs, settings, plan.serving.get("deep_gemm_e8m0", True),
+                         timeout=timeout)
     failed = [o for o in outcomes if not o.ok]
     if failed:
         return {"status": "failed", "reason": f"{failed[0].id}: {failed[0].error}",
                 "items": [asdict(o) for o in outcomes]}, {}
     identity = {**library_identity(), **_device_identity(cache_dir)}
-    identity.pop("library_root", None)
-    files = collect(cache_dir)
+    library_root = identity.pop("library_root", None)  # recorded, not compared: not in DeepGEMM's key (measured)
     return {"status": "built", "identity": identity, "entries": len(entries(cache_dir)),
-            "library_root_at_build": library_identity().get("library_root"),
-            "items": [asdict(o) for o in outcomes]}, files
+            "library_root_at_build": library_root, "items": [asdict(o) for o in outcomes]}, collect(cache_dir)
 
 
 def section_from_bundle(plan: Plan, other: Path) -> tuple[dict, dict[str, bytes]]:
@@ -181,7 +149,7 @@ def section_from_bundle(plan: Plan, other: Path) -> tuple[dict, dict[str, bytes]
 
 def _device_identity(cache_dir: Path) -> dict:
     """arch and SM count as DeepGEMM saw them, from a child (keeps CUDA out of the build process)."""
-    proc = subprocess.run([sys.executable, "-m", "aotwarm.deepgemm_worker", json.dumps({"identity": True})],
+    proc = subprocess.run([sys.executable, "-m", "aotwarm.deepgemm_worker", "identity"],
                           capture_output=True, text=True, env={**os.environ, "DG_JIT_CACHE_DIR": str(cache_dir)})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -243,7 +211,7 @@ def sentinel_compiler(folder: Path) -> tuple[str, Path]:
     return str(script), log
 
 
-def verify_section(plan: Plan, section: dict, cache_dir: Path, on_result=None) -> dict:
+def verify_section(plan: Plan, section: dict, cache_dir: Path, timeout: float = 1800.0) -> dict:
     """Run every DeepGEMM item over its M range against the installed cache; count new kernels and compiles."""
     items = plan.gpu_items
     if not items or section.get("status") != "built":
@@ -252,10 +220,10 @@ def verify_section(plan: Plan, section: dict, cache_dir: Path, on_result=None) -
     before = entries(cache_dir)
     with tempfile.TemporaryDirectory(prefix="aotwarm-dg-verify-") as tmp:
         compiler, log = sentinel_compiler(Path(tmp))
+        settings = {"num_sms": section["identity"]["num_sms"], "max_tokens": plan.serving["max_num_batched_tokens"]}
         # nothing compiles in a passing replay, so the shapes run side by side on the GPU
-        outcomes = run_items(items, cache_dir, section["identity"]["num_sms"], len(items),
-                             plan.serving["max_num_batched_tokens"], {"DG_JIT_NVCC_COMPILER": compiler},
-                             on_result=on_result, e8m0=plan.serving.get("deep_gemm_e8m0", True))
+        outcomes = run_items(items, "verify", cache_dir, Path(tmp) / "logs", len(items), settings,
+                             plan.serving.get("deep_gemm_e8m0", True), {"DG_JIT_NVCC_COMPILER": compiler}, timeout)
         attempts = log.read_text().splitlines() if log.exists() else []
     new = sorted(entries(cache_dir) - before)
     return {"status": "verified", "items": len(items), "m_visited": sum(o.m_visited for o in outcomes),

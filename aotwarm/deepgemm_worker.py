@@ -1,9 +1,14 @@
-"""Child process for one DeepGEMM item: sweep its M range on the GPU and report new cache entries.
+"""Pool worker for DeepGEMM items: ``python -m aotwarm.deepgemm_worker MODE SETTINGS_JSON``.
 
-    python -m aotwarm.deepgemm_worker '{"op": ..., "params": {...}, "num_sms": 132, "max_tokens": 8192}'
-    python -m aotwarm.deepgemm_worker '{"identity": true}'
+Speaks ``pool.py``'s protocol (one ``{"id", "op", "params"}`` per stdin line; a ready line, then one
+result per item on the protocol stream): each item's M sweep runs on the GPU through vLLM's DeepGEMM
+wrappers, and the result lists the cache entries this process compiled.  MODE is ``build`` or
+``verify`` (the same sweep; the parent sets the cache and the compiler).  SETTINGS_JSON holds
+``num_sms`` and ``max_tokens``, and ``count_warmup`` for the build.
 
-Prints one JSON line.  ``DG_JIT_CACHE_DIR`` is set by the parent.
+    python -m aotwarm.deepgemm_worker identity    # one JSON line: the arch and SM count DeepGEMM sees
+
+``DG_JIT_CACHE_DIR`` is set by the parent.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
+import traceback
 from pathlib import Path
 
 
@@ -30,23 +37,45 @@ def compiled_here(cache: str, names: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    task = json.loads(argv[0])
-    from .deepgemm import entries
     from .engines import vllm_deepgemm
 
-    if task.get("identity"):
+    if argv[0] == "identity":
         print(json.dumps(vllm_deepgemm.device_identity()))
         return 0
+    if argv[0] not in ("build", "verify"):
+        print(f"unknown DeepGEMM worker mode {argv[0]}", file=sys.stderr)
+        return 2
+    from .deepgemm import entries
+    from .worker import _protocol_stream
+
+    settings = json.loads(argv[1])
+    proto = _protocol_stream()
     cache = os.environ["DG_JIT_CACHE_DIR"]
-    vdg = vllm_deepgemm._wrappers()
-    if task.get("num_sms") and task["num_sms"] != vdg.get_num_sms():
-        vdg.set_num_sms(task["num_sms"])
-    before = entries(cache)
-    res = vllm_deepgemm.SWEEPS[task["op"]](task["params"])
-    res["new_entries"] = compiled_here(cache, sorted(entries(cache) - before))
-    if task.get("count_warmup"):
-        res["warmup_calls"] = vllm_deepgemm.warmup_calls(task["op"], task["params"], task["max_tokens"])
-    print(json.dumps(res))
+    proto.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    ready = False
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        task = json.loads(line)
+        start = time.monotonic()
+        result: dict = {"id": task["id"], "ok": True, "error": None}
+        try:
+            if not ready:  # inside the item: a node without a usable DeepGEMM fails items, with the reason
+                vdg = vllm_deepgemm._wrappers()
+                if settings.get("num_sms") and settings["num_sms"] != vdg.get_num_sms():
+                    vdg.set_num_sms(settings["num_sms"])
+                ready = True
+            before = entries(cache)
+            result["m_visited"] = vllm_deepgemm.SWEEPS[task["op"]](task["params"])["m_visited"]
+            result["new_entries"] = compiled_here(cache, sorted(entries(cache) - before))
+            if settings.get("count_warmup"):
+                result["warmup_calls"] = vllm_deepgemm.warmup_calls(task["op"], task["params"], settings["max_tokens"])
+        except Exception as err:  # reported per item (verify: a kernel the sentinel compiler refused)
+            result["ok"] = False
+            result["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+            traceback.print_exc(file=sys.stderr)
+        result["seconds"] = round(time.monotonic() - start, 1)
+        proto.write(json.dumps(result) + "\n")
     return 0
 
 

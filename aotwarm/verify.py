@@ -177,7 +177,7 @@ def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) ->
         from .deepgemm import verify_section
         from .install import deepgemm_dir
 
-        report.deepgemm = verify_section(plan, manifest.get("deepgemm", {}), deepgemm_dir(dest))
+        report.deepgemm = verify_section(plan, manifest.get("deepgemm", {}), deepgemm_dir(dest), timeout)
     report.unplanned_keys = sorted(unplanned)
     used = {m["entry"] for m in report.misses} | hit_entries
     bundle_entries: dict[str, str] = {}

@@ -225,3 +225,44 @@ def test_add_takes_the_deepgemm_part_of_a_bundle_built_on_a_gpu_node(tmp_path):
     smaller = dg_plan(QWEN3_8B, tp=2, engine=vllm)
     with pytest.raises(BadInput, match="does not cover DeepGEMM shape"):
         build(smaller, tmp_path / "x.tar.zst", jobs=1, options=BuildOptions(launchers=False, add_deepgemm=donor))
+
+
+def test_deepgemm_items_run_in_pool_workers_and_fail_per_item_with_the_reason(tmp_path):
+    """The sweep runs in pool.py workers (aotwarm.deepgemm_worker); where vLLM's DeepGEMM cannot run (no GPU
+    here) every item fails with the reason instead of the pool dying or the build hanging."""
+    plan = dg_plan(QWEN3_8B)
+    outcomes = deepgemm.run_items(plan.gpu_items[:2], "build", tmp_path / "dg", tmp_path / "logs", 2,
+                                  {"num_sms": 132, "max_tokens": 8192}, e8m0=True, extra_env={"CUDA_VISIBLE_DEVICES": ""})
+    assert [o.id for o in outcomes] == [i.id for i in plan.gpu_items[:2]]
+    assert all(not o.ok and o.error for o in outcomes), outcomes
+
+
+def test_deepgemm_entries_install_next_to_triton_and_a_reinstall_never_writes_through_the_old_files(tmp_path):
+    """Entries land in DIR/triton/.deep_gemm; a later install builds its generation from hard links to the
+    current one, so it must replace files, not write into them: a reader holding the old file keeps its bytes."""
+    from aotwarm.build import BuildOptions, build
+    from aotwarm.bundle import write_bundle
+    from aotwarm.engines import detect_engine
+    from aotwarm.engines.vllm_deepgemm import library_identity
+    from aotwarm.install import install
+
+    plan = dg_plan(QWEN3_8B, engine=detect_engine("vllm"))
+    name = "sm90_fp8_gemm_1d2d.03685ea630436e7fbaff30ee1944dcd9"
+    section = {"status": "built", "entries": 1, "items": [],
+               "identity": {**library_identity(), "arch": "90a", "num_sms": plan.target["num_sms"]}}
+
+    def bundle_with(cubin: bytes, tag: str):
+        donor, out = tmp_path / f"donor-{tag}.tar.zst", tmp_path / f"b-{tag}.tar.zst"
+        files = {f"deep_gemm/cache/{name}/kernel.cubin": cubin, f"deep_gemm/cache/{name}/meta.json": b"{}"}
+        write_bundle(donor, {"plan": json.loads(plan.to_json()), "target": plan.target, "deepgemm": section}, files)
+        build(plan, out, jobs=1, options=BuildOptions(launchers=False, add_deepgemm=donor))
+        return out
+
+    dest = tmp_path / "node"
+    first = install(bundle_with(b"\x7fELF one", "one"), dest)
+    cubin = dest / "triton" / ".deep_gemm" / "cache" / name / "kernel.cubin"
+    assert first.env()["DG_JIT_CACHE_DIR"] == str(dest.absolute() / "triton" / ".deep_gemm")
+    with open(cubin, "rb") as held:  # a serving process that has the old kernel open
+        install(bundle_with(b"\x7fELF two", "two"), dest)
+        assert held.read() == b"\x7fELF one"
+    assert cubin.read_bytes() == b"\x7fELF two"
