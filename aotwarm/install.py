@@ -69,8 +69,6 @@ def has_deepgemm(manifest: dict | None) -> bool:
 
 def deepgemm_dir(dest: Path) -> Path:
     """DG_JIT_CACHE_DIR of an install: inside the Triton generation, so one rename publishes both caches."""
-    from .deepgemm import INSTALL_SUBDIR
-
     return Path(dest).absolute() / "triton" / INSTALL_SUBDIR
 
 
@@ -189,12 +187,11 @@ def _assemble(bundle: Path, manifest: dict, dest: Path, current: Path | None, ne
     count = [0]
 
     def write(name: str, data: bytes) -> None:
-        if name.startswith(DG_PREFIX):  # DeepGEMM entries: keyed by content, overwritten whole
-            target = new / INSTALL_SUBDIR / name[len(DG_PREFIX):]
+        if name.startswith(DG_PREFIX):  # DeepGEMM entries are keyed by content; the new generation is not
+            target = new / INSTALL_SUBDIR / name[len(DG_PREFIX):]  # published yet, so plain writes are safe
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".aotwarm-tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            target.unlink(missing_ok=True)  # a hard link to the current generation's copy: never write through it
+            target.write_bytes(data)
             count[0] += 1
             return
         target = staging / name[len(TRITON_PREFIX):]

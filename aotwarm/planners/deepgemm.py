@@ -188,12 +188,6 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
             if note:
                 uncovered.append(note)
             bound = grouped_m_bound(max_m, int(spec.num_experts_per_tok), e_local)
-            if fp8 and major in (10, 12):
-                uncovered.append("MoE on Blackwell: vLLM shrinks the contiguous-layout alignment per call "
-                                 "(get_theoretical_mk_alignment_for_contiguous_layout); only alignment 128 is swept")
-            if fp8:
-                uncovered.append("MoE masked layout (m_grouped_fp8_gemm_nt_masked: batched experts with DeepEP "
-                                 "low-latency / data-parallel all-to-all) is not planned; the contiguous layout is")
             for gemm, n, k in (("w13", 2 * inter, hidden), ("w2", hidden, inter)) if fp8 else ():
                 if n % 128 or k % 128:
                     uncovered.append(f"MoE {gemm} N={n} K={k}: not a multiple of the 128x128 block")
@@ -201,9 +195,15 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
                 items.append(WorkItem(f"deepgemm/m_grouped_contiguous/{gemm}-E{e_local}-N{n}-K{k}", FAMILY,
                                       "vllm.deepgemm_m_grouped_fp8_gemm_nt_contiguous",
                                       {"n": n, "k": k, "groups": e_local, "top_k": int(spec.num_experts_per_tok),
-                                       "max_tokens": max_m, "m_first": 128, "m_last": bound, "m_step": 128,
+                                       "m_first": 128, "m_last": bound, "m_step": 128,
                                        "warmup_n": max(2 * inter, hidden)},  # vLLM's relax warmup N for both
                                       f"MoE {gemm} ({e_local} local experts)", needs_gpu=True))
+            if fp8:
+                uncovered.append("MoE masked layout (m_grouped_fp8_gemm_nt_masked: batched experts with DeepEP "
+                                 "low-latency / data-parallel all-to-all) is not planned; the contiguous layout is")
+                if major in (10, 12):
+                    uncovered.append("MoE on Blackwell: vLLM shrinks the contiguous-layout alignment per call "
+                                     "(get_theoretical_mk_alignment_for_contiguous_layout); only alignment 128 is swept")
     for item in items:
         p = item.params
         kernels.append(KernelCoverage(item.op.split(".", 1)[1], f"N={p['n']} K={p['k']}"
