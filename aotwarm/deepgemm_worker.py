@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-import traceback
 from pathlib import Path
 
 
@@ -46,36 +44,26 @@ def main(argv: list[str]) -> int:
         print(f"unknown DeepGEMM worker mode {argv[0]}", file=sys.stderr)
         return 2
     from .deepgemm import entries
-    from .worker import _protocol_stream
+    from .worker import _protocol_stream, serve
 
     settings = json.loads(argv[1])
     proto = _protocol_stream()
     cache = os.environ["DG_JIT_CACHE_DIR"]
-    proto.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
-    ready = False
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        task = json.loads(line)
-        start = time.monotonic()
-        result: dict = {"id": task["id"], "ok": True, "error": None}
-        try:
-            if not ready:  # inside the item: a node without a usable DeepGEMM fails items, with the reason
-                vdg = vllm_deepgemm._wrappers()
-                if settings.get("num_sms") and settings["num_sms"] != vdg.get_num_sms():
-                    vdg.set_num_sms(settings["num_sms"])
-                ready = True
-            before = entries(cache)
-            result["m_visited"] = vllm_deepgemm.SWEEPS[task["op"]](task["params"])["m_visited"]
-            result["new_entries"] = compiled_here(cache, sorted(entries(cache) - before))
-            if settings.get("count_warmup"):
-                result["warmup_calls"] = vllm_deepgemm.warmup_calls(task["op"], task["params"], settings["max_tokens"])
-        except Exception as err:  # reported per item (verify: a kernel the sentinel compiler refused)
-            result["ok"] = False
-            result["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-            traceback.print_exc(file=sys.stderr)
-        result["seconds"] = round(time.monotonic() - start, 1)
-        proto.write(json.dumps(result) + "\n")
+    state: dict = {}
+
+    def run(task: dict, result: dict) -> None:
+        if not state:  # inside the item: a node without a usable DeepGEMM fails items, with the reason
+            vdg = vllm_deepgemm._wrappers()
+            if settings.get("num_sms") and settings["num_sms"] != vdg.get_num_sms():
+                vdg.set_num_sms(settings["num_sms"])
+            state["ready"] = True
+        before = entries(cache)
+        result["m_visited"] = vllm_deepgemm.SWEEPS[task["op"]](task["params"])["m_visited"]
+        result["new_entries"] = compiled_here(cache, sorted(entries(cache) - before))
+        if settings.get("count_warmup"):
+            result["warmup_calls"] = vllm_deepgemm.warmup_calls(task["op"], task["params"], settings["max_tokens"])
+
+    serve(proto, run)  # an exception fails its item (verify: a kernel the sentinel compiler refused)
     return 0
 
 

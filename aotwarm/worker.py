@@ -17,6 +17,7 @@ import os
 import sys
 import time
 import traceback
+from typing import Callable
 
 
 def _protocol_stream():
@@ -52,23 +53,15 @@ def main(argv: list[str]) -> int:
 
         launchers = LauncherBuilder.create()
     observer = Observer(key_only=(mode == "probe"), keep_sources=launchers is not None).install()
-    proto.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        task = json.loads(line)
-        start = time.monotonic()
-        result: dict = {"id": task["id"], "ok": True, "error": None}
-        try:
-            resolve_op(task["op"])(task["params"], device_name)
-            if mode == "replay":
-                import torch
 
-                torch.cuda.synchronize()
-        except Exception as err:  # reported per item; the parent decides
-            result["ok"] = False
-            result["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-            traceback.print_exc(file=sys.stderr)
+    def run(task: dict, result: dict) -> None:
+        resolve_op(task["op"])(task["params"], device_name)
+        if mode == "replay":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def finish(task: dict, result: dict) -> None:
         if launchers is not None and result["ok"]:
             try:
                 entries = {launchers.cuda_utils()} | {launchers.launcher(src, md) for src, md in observer.sources}
@@ -78,13 +71,35 @@ def main(argv: list[str]) -> int:
                 result["error"] = f"building launchers failed: {type(err).__name__}: {err}".splitlines()[0][:500]
                 traceback.print_exc(file=sys.stderr)
         result["engine_runtime"] = _engine_runtime(task["op"])
-        result["seconds"] = round(time.monotonic() - start, 3)
         result.update(observer.take())
         if vdev is not None:
             result["autotune"] = [r.__dict__ for r in vdev.autotune_records]
             vdev.autotune_records.clear()
-        proto.write(json.dumps(result) + "\n")
+
+    serve(proto, run, finish)
     return 0
+
+
+def serve(proto, run: Callable[[dict, dict], None], finish: Callable[[dict, dict], None] | None = None) -> None:
+    """The pool protocol: a ready line, then for each task line one result line.  ``run(task, result)`` does the
+    item (an exception fails it, with its message); ``finish(task, result)`` adds to every result."""
+    proto.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        task = json.loads(line)
+        start = time.monotonic()
+        result: dict = {"id": task["id"], "ok": True, "error": None}
+        try:
+            run(task, result)
+        except Exception as err:  # reported per item; the parent decides
+            result["ok"] = False
+            result["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+            traceback.print_exc(file=sys.stderr)
+        if finish is not None:
+            finish(task, result)
+        result["seconds"] = round(time.monotonic() - start, 3)
+        proto.write(json.dumps(result) + "\n")
 
 
 def _engine_runtime(op: str) -> dict:
