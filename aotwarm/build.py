@@ -60,6 +60,7 @@ class BuildResult:
     work_dir: Path
     autotune: list = field(default_factory=list)
     launcher_note: str = ""
+    cuda_utils_entry: str = ""  # Triton >= 3.8: re-keyed for the node's paths by install
     deepgemm: dict = field(default_factory=lambda: {"status": "none", "items": []})
 
     @property
@@ -193,6 +194,11 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
     if result.deepgemm["status"] == "failed" and not keep_going:
         raise BuildIncomplete(f"DeepGEMM item {result.deepgemm['reason']}; no bundle written (re-run to resume: "
                               f"compiled kernels stay in {work_dir / 'deep_gemm'})")
+    from .launchers import cuda_utils_node_keyed
+
+    if result.launcher_entries and cuda_utils_node_keyed():
+        result.cuda_utils_entry = next((e for e in sorted(result.launcher_entries)
+                                        if any((cache_root / e).glob("cuda_utils*"))), "")
     manifest = _manifest(plan, result)
     files = collect_entries(cache_root, result.entries | result.launcher_entries)
     files.update(dg_files)
@@ -254,7 +260,8 @@ def _manifest(plan: Plan, result: BuildResult) -> dict:
         "triton_cache": {"placeholder": "@AOTWARM_TRITON_CACHE_DIR@"},
         "autotune": {"results": [r.manifest_entry() for r in result.autotune], "counts": counts},
         "launchers": {"included": bool(result.launcher_entries), "count": len(result.launcher_entries),
-                      "python_abi": fp.python_abi, "note": result.launcher_note},
+                      "python_abi": fp.python_abi, "note": result.launcher_note,
+                      "node_keyed_entry": result.cuda_utils_entry},
         "deepgemm": dg,
     }
 
@@ -276,7 +283,12 @@ def _launcher_setup(wanted: bool, work_dir: Path) -> tuple[dict[str, str], str]:
     env = {"AOTWARM_LAUNCHERS": "1", "CC": compiler_wrapper(work_dir)}
     if stub:
         env["TRITON_LIBCUDA_PATH"] = stub
-    return env, "cuda_utils and one launcher per kernel signature, built for this Python ABI"
+    from .launchers import per_kernel_launchers
+
+    if per_kernel_launchers():
+        return env, "cuda_utils and one launcher per kernel signature, built for this Python ABI"
+    return env, ("cuda_utils (Triton >= 3.8 has no per-kernel launcher), built for this Python ABI; its cache key "
+                 "holds the node's Triton and driver paths, so install files it under the node's key")
 
 
 def _check_tuning_gpu(plan: Plan) -> None:

@@ -1,4 +1,4 @@
-"""Small file-system helpers: atomic writes and sha256 of files."""
+"""Small file-system helpers: atomic writes, sha256 of files, the per-user cache folder."""
 
 from __future__ import annotations
 
@@ -40,3 +40,16 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def user_cache_dir() -> Path:
+    """aotwarm's per-user cache folder: ``$XDG_CACHE_HOME/aotwarm`` (``~/.cache``), else a temp folder."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    root = Path(base) / "aotwarm"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if os.access(root, os.W_OK):
+            return root
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"aotwarm-{os.getuid()}"

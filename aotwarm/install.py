@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bundle import TRITON_PREFIX, SinkError, read_bundle, relocate_group_file
@@ -46,6 +46,7 @@ class InstallResult:
     files: int
     bundle_sha256: str
     manifest: dict
+    notes: list[str] = field(default_factory=list)  # what was not installed as shipped, and why
 
     def env(self) -> dict[str, str]:
         return engine_env(self.dest, self.manifest)
@@ -60,6 +61,9 @@ def engine_env(dest: Path, manifest: dict | None = None) -> dict[str, str]:
     }
     if has_deepgemm(manifest):
         env["DG_JIT_CACHE_DIR"] = str(deepgemm_dir(dest))
+    if (manifest or {}).get("launchers", {}).get("node_keyed_entry") and os.environ.get("TRITON_LIBCUDA_PATH"):
+        # Triton >= 3.8 keys cuda_utils by it: the engine must see the value install keyed it with
+        env["TRITON_LIBCUDA_PATH"] = os.environ["TRITON_LIBCUDA_PATH"]
     return env
 
 
@@ -185,6 +189,8 @@ def _assemble(bundle: Path, manifest: dict, dest: Path, current: Path | None, ne
     staging.mkdir()
     cache_dir = dest / "triton"
     count = [0]
+    notes: list[str] = []
+    rekey = _launcher_rekey(manifest, notes)
 
     def write(name: str, data: bytes) -> None:
         if name.startswith(DG_PREFIX):  # DeepGEMM entries are keyed by content; the new generation is not
@@ -194,7 +200,12 @@ def _assemble(bundle: Path, manifest: dict, dest: Path, current: Path | None, ne
             target.write_bytes(data)
             count[0] += 1
             return
-        target = staging / name[len(TRITON_PREFIX):]
+        entry, _, member = name[len(TRITON_PREFIX):].partition("/")
+        if entry in rekey:
+            if rekey[entry] is None:
+                return
+            entry = rekey[entry]
+        target = staging / entry / member
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.name.startswith("__grp__"):
             data = relocate_group_file(data, cache_dir)
@@ -217,7 +228,25 @@ def _assemble(bundle: Path, manifest: dict, dest: Path, current: Path | None, ne
     records.mkdir(exist_ok=True)
     record = {"bundle": str(bundle.resolve()), "bundle_sha256": bundle_sha, "manifest": manifest}
     (records / f"{bundle_sha}.json").write_text(json.dumps(record, indent=1, sort_keys=True))
-    return InstallResult(dest, cache_dir, added, present, count[0], bundle_sha, manifest)
+    return InstallResult(dest, cache_dir, added, present, count[0], bundle_sha, manifest, notes)
+
+
+def _launcher_rekey(manifest: dict, notes: list[str]) -> dict[str, str | None]:
+    """Triton >= 3.8 looks ``cuda_utils`` up under a key holding this node's paths: the bundle's entry
+    -> this node's entry (None: not installable here, with a note saying why and what to do)."""
+    entry = (manifest.get("launchers") or {}).get("node_keyed_entry")
+    if not entry:
+        return {}
+    try:
+        from .launchers import node_cuda_utils_entry
+
+        node_entry, how = node_cuda_utils_entry()
+    except ImportError:
+        node_entry, how = None, "Triton is not importable here, so its key for cuda_utils cannot be computed"
+    if node_entry is None:
+        notes.append(f"cuda_utils not installed: {how}; without it the engine compiles it with the node's C "
+                     f"compiler on first use")
+    return {entry: node_entry}
 
 
 def installed_manifest(dest: Path, bundle_sha: str) -> dict | None:

@@ -5,6 +5,15 @@ Triton 3.6 compiles two kinds of C extension on first use, with the node's C com
 signature share it). Both are cached under ``sha256(C source + platform)``, a key with no path in
 it, and looked up by file name, so a prebuilt copy in the bundle is found on the node.
 
+Triton 3.8 has no per-kernel launcher (one generic ``launch`` in ``cuda_utils``), so only
+``cuda_utils`` is compiled, once per process at driver start-up — but its cache key
+(``runtime/build.py: _get_cache_manager``) hashes the C source *and* the build's library and include
+directories: the node's absolute ``triton/backends/nvidia`` path and its ``libcuda.so.1`` folders
+(``TRITON_LIBCUDA_PATH``, else ``ldconfig -p``).  The ``.so`` itself holds no path, so the builder's
+copy is shipped once and ``install`` files it under the key Triton computes *on the node*
+(``node_cuda_utils_entry``); where the node's driver folder cannot be found (an image build without
+the driver mounted and no ``TRITON_LIBCUDA_PATH``) install says so and the node compiles it.
+
 Building needs a C compiler, the Python headers of the serving ABI (the builder runs the same
 Python), and a ``libcuda.so.1`` to link against. Without a GPU driver an empty stub library is
 enough: the launcher only records ``libcuda.so.1`` as a dependency and the node's driver provides
@@ -22,12 +31,58 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .driverstub import c_compiler
+
+
+def per_kernel_launchers() -> bool:
+    """Triton 3.6 compiles one C launcher per kernel signature; 3.7+ launches through ``cuda_utils``."""
+    from triton.backends.nvidia import driver as nvidia_driver
+
+    return hasattr(nvidia_driver, "make_launcher")
+
+
+def cuda_utils_node_keyed() -> bool:
+    """Whether ``cuda_utils``'s cache key holds the node's paths (Triton >= 3.8), so install re-keys it."""
+    from triton.runtime import build as triton_build
+
+    return hasattr(triton_build, "_get_cache_manager")
+
+
+def node_cuda_utils_entry() -> tuple[str | None, str]:
+    """(cache entry, how it was found) under which Triton on *this* node looks for ``cuda_utils``.
+
+    Computed with Triton's own key function, for this node's Triton path and driver folders; None
+    (with the reason) when the node's ``libcuda.so.1`` cannot be located."""
+    import tempfile
+
+    from triton.backends.nvidia import driver as nvidia_driver
+    from triton.runtime import build as triton_build
+
+    try:
+        libcuda = nvidia_driver.libcuda_dirs()
+    except Exception as err:  # Triton asserts when neither TRITON_LIBCUDA_PATH nor ldconfig knows the driver
+        return None, (f"this machine's libcuda.so.1 folder is unknown ({str(err).splitlines()[0]}): install on "
+                      f"the GPU node, or set TRITON_LIBCUDA_PATH to the driver's folder here and when serving")
+    config = {"language": ["c"], "library_dirs": [nvidia_driver.libdevice_dir, *libcuda],
+              "include_dirs": nvidia_driver.include_dirs, "libraries": nvidia_driver.libraries, "ccflags": None}
+    src = Path(nvidia_driver.dirname, "driver.c").read_bytes()
+    saved = os.environ.get("TRITON_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="aotwarm-key-") as tmp:
+        os.environ["TRITON_CACHE_DIR"] = tmp  # Triton's key function creates the entry folder: not in a real cache
+        try:
+            entry = Path(triton_build._get_cache_manager(src, config).cache_dir).name
+        finally:
+            if saved is None:
+                os.environ.pop("TRITON_CACHE_DIR", None)
+            else:
+                os.environ["TRITON_CACHE_DIR"] = saved
+    return entry, f"keyed for Triton at {nvidia_driver.dirname} and libcuda in {':'.join(libcuda)}"
 
 
 class LaunchersUnavailable(Exception):
@@ -36,7 +91,7 @@ class LaunchersUnavailable(Exception):
 
 def builder_problem() -> str | None:
     """Why launchers cannot be built here, or None."""
-    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+    cc = c_compiler()
     if not cc:
         return "no C compiler on the builder (set CC or install gcc)"
     include = sysconfig.get_paths()["include"]
@@ -56,29 +111,22 @@ def _ldconfig_has_libcuda() -> bool:
 def libcuda_dir(work_dir: Path) -> str | None:
     """A directory holding a ``libcuda.so.1`` to link against (None: Triton finds the driver's own).
 
-    On a GPU-less builder an empty stub is compiled into ``work_dir``.
-    """
+    On a GPU-less builder it is ``driverstub``'s stand-in (built into ``work_dir``)."""
     if os.environ.get("TRITON_LIBCUDA_PATH"):
         return os.environ["TRITON_LIBCUDA_PATH"]
     if _ldconfig_has_libcuda():
         return None
-    stub_dir = work_dir / "libcuda-stub"
-    stub = stub_dir / "libcuda.so.1"
-    if not stub.exists():
-        stub_dir.mkdir(parents=True, exist_ok=True)
-        cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
-        src = stub_dir / "stub.c"
-        src.write_text("/* empty: the launcher only needs libcuda.so.1 as a dependency name */\n")
-        try:
-            subprocess.run([cc, "-shared", "-fPIC", "-o", str(stub), str(src)], check=True, capture_output=True)
-        except (OSError, subprocess.CalledProcessError) as err:
-            raise LaunchersUnavailable(f"cannot build a libcuda.so.1 stub with {cc}: {err}")
-    return str(stub_dir)
+    from .driverstub import StubUnavailable, build_stub
+
+    try:
+        return str(build_stub([], where=work_dir))
+    except StubUnavailable as err:
+        raise LaunchersUnavailable(str(err))
 
 
 def compiler_wrapper(work_dir: Path) -> str:
     """Write the reproducible compiler wrapper (see the module docstring); returns its path."""
-    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+    cc = c_compiler()
     wrapper = work_dir / "aotwarm-cc"
     text = ("#!/bin/sh\n"
             "# aotwarm: build Triton launchers reproducibly, keeping libcuda.so.1 as a dependency\n"
@@ -135,10 +183,35 @@ class LauncherBuilder:
     def cuda_utils(self) -> str:
         from triton.backends.nvidia import driver as nvidia_driver
 
+        if not per_kernel_launchers():
+            return self._cuda_utils_node_keyed()
         return self._compile(Path(nvidia_driver.dirname, "driver.c").read_text(), "cuda_utils")
 
-    def launcher(self, src: Any, metadata: dict) -> str:
-        """The launcher ``CudaLauncher(src, metadata)`` would build on first launch."""
+    def _cuda_utils_node_keyed(self) -> str:
+        """Triton >= 3.7: compile ``cuda_utils`` as ``CudaUtils()`` does; the entry name is the builder's key."""
+        from triton.backends.nvidia import driver as nvidia_driver
+        from triton.runtime.build import compile_so_from_file
+
+        if "cuda_utils" in self.built:
+            return self.built["cuda_utils"]
+        stub = os.environ.get("TRITON_LIBCUDA_PATH")
+        libcuda = [stub] if stub else nvidia_driver.libcuda_dirs()
+        try:
+            path = compile_so_from_file(os.path.join(nvidia_driver.dirname, "driver.c"), "cuda_utils",
+                                        library_dirs=[nvidia_driver.libdevice_dir, *libcuda],
+                                        include_dirs=nvidia_driver.include_dirs, libraries=nvidia_driver.libraries)
+        except (ImportError, RuntimeError, OSError) as err:
+            if "undefined symbol" not in str(err) and "libcuda" not in str(err):
+                raise
+            path = None
+        entry = Path(path).parent.name if path else ""
+        self.built["cuda_utils"] = entry
+        return entry
+
+    def launcher(self, src: Any, metadata: dict) -> str | None:
+        """The launcher ``CudaLauncher(src, metadata)`` would build on first launch (None: Triton >= 3.7 has none)."""
+        if not per_kernel_launchers():
+            return None
         from triton.backends.nvidia.driver import make_launcher
 
         constants = src.constants if hasattr(src, "constants") else {}

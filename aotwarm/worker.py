@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
         if launchers is not None and result["ok"]:
             try:
                 entries = {launchers.cuda_utils()} | {launchers.launcher(src, md) for src, md in observer.sources}
-                result["launchers"] = sorted(entries)
+                result["launchers"] = sorted(e for e in entries if e)
             except Exception as err:
                 result["ok"] = False
                 result["error"] = f"building launchers failed: {type(err).__name__}: {err}".splitlines()[0][:500]
