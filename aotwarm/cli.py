@@ -56,40 +56,35 @@ def main() -> None:
 
 
 def serving_options(fn):
+    """Options of plan/build.  For the vLLM engine the serving settings are the ``vllm serve`` arguments
+    after ``--``; the serving flags here are shortcuts for them (see ``serving.VLLM_ALIASES``)."""
     opts = [
         click.option("--gpu", "gpu", required=False, help="GPU profile or arch alias (see `aotwarm targets`)."),
         click.option("--engine", default="auto", show_default=True, help="Engine whose kernels to plan: auto (vLLM when installed, else fla), vllm, fla."),
-        click.option("--tp", default=1, show_default=True, type=click.IntRange(1), help="Tensor-parallel size."),
+        click.option("--tp", type=click.IntRange(1), help="Tensor-parallel size (vLLM: --tensor-parallel-size; fla default 1)."),
         click.option("--dtype", type=click.Choice(["bfloat16", "float16"]), help="Activation dtype (default: the model's)."),
-        click.option("--max-num-batched-tokens", default=8192, show_default=True, type=click.IntRange(1),
-                     help="Largest number of tokens in one forward pass."),
-        click.option("--max-num-seqs", default=256, show_default=True, type=click.IntRange(1),
-                     help="Largest decode batch / number of packed sequences."),
-        click.option("--max-prefill-batch", default=1, show_default=True, type=click.IntRange(1, 64),
-                     help="Largest padded prefill batch (transformers generate() with several prompts)."),
+        click.option("--max-num-batched-tokens", type=click.IntRange(1),
+                     help="Largest number of tokens in one forward pass (default: vLLM's own; fla 8192)."),
+        click.option("--max-num-seqs", type=click.IntRange(1),
+                     help="Largest decode batch / number of packed sequences (default: vLLM's own; fla 256)."),
+        click.option("--max-prefill-batch", type=click.IntRange(1, 64),
+                     help="fla: largest padded prefill batch (transformers generate() with several prompts; default 1)."),
         click.option("--family", "families", multiple=True, default=("all",), show_default=True,
                      help="Kernel families to plan (repeatable): all, gdn, moe-wna16, shared-expert-gate, deepgemm."),
         click.option("--num-sms", type=click.IntRange(1), help="Plan for a reduced SM count."),
-        click.option("--mamba-ssm-cache-dtype", default="auto", show_default=True,
-                     type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-                     help="vLLM: recurrent-state dtype (auto: the config's mamba_ssm_dtype, else the model dtype)."),
-        click.option("--mamba-cache-dtype", default="auto", show_default=True,
-                     type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-                     help="vLLM: conv-state dtype (auto: the model dtype)."),
-        click.option("--num-speculative-tokens", default=0, show_default=True, type=click.IntRange(0, 16),
-                     help="vLLM: speculative tokens per step (MTP / draft); adds the spec-decode kernel variants."),
-        click.option("--max-cudagraph-capture-size", type=click.IntRange(1),
-                     help="vLLM: largest CUDA-graph batch (default: vLLM's rule for the target)."),
-        click.option("--enforce-eager", is_flag=True, help="vLLM: no CUDA graphs (decode batches are not padded)."),
-        click.option("--gdn-prefill-backend", default="auto", show_default=True,
-                     type=click.Choice(["auto", "triton", "flashinfer"]),
-                     help="vLLM: GDN prefill backend (auto: vLLM's choice for the target, FlashInfer on sm90)."),
-        click.option("--cuda-runtime", "cuda_runtime_major", default=13, show_default=True, type=click.IntRange(11),
-                     help="vLLM: CUDA runtime major of the serving image (vLLM's FlashInfer rule on sm100 reads it)."),
-        click.option("--ep", default=1, show_default=True, type=click.IntRange(1),
-                     help="vLLM: expert-parallel size (experts split across ranks)."),
-        click.option("--moe-backend", default="auto", show_default=True, type=click.Choice(["auto", "triton", "deep_gemm"]),
-                     help="vLLM: MoE backend (auto: vLLM's choice; triton forces the Triton WNA16 kernel; deep_gemm the DeepGEMM FP8 experts)."),
+        click.option("--mamba-ssm-cache-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                     help="vLLM --mamba-ssm-cache-dtype."),
+        click.option("--mamba-cache-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                     help="vLLM --mamba-cache-dtype."),
+        click.option("--num-speculative-tokens", type=click.IntRange(0, 16),
+                     help="vLLM: --speculative-config with MTP and this many tokens."),
+        click.option("--max-cudagraph-capture-size", type=click.IntRange(1), help="vLLM --max-cudagraph-capture-size."),
+        click.option("--enforce-eager", is_flag=True, default=None, help="vLLM --enforce-eager."),
+        click.option("--gdn-prefill-backend", type=click.Choice(["auto", "triton", "flashinfer"]),
+                     help="vLLM --gdn-prefill-backend."),
+        click.option("--ep", type=click.IntRange(1),
+                     help="vLLM: --enable-expert-parallel over this many ranks (the tensor-parallel size)."),
+        click.option("--moe-backend", help="vLLM --moe-backend (triton, deep_gemm, ...)."),
         click.option("--deep-gemm-e8m0/--no-deep-gemm-e8m0", "deep_gemm_e8m0", default=True, show_default=True,
                      help="vLLM: VLLM_USE_DEEP_GEMM_E8M0 on the serving nodes (UE8M0 scales for DeepGEMM)."),
         click.option("--weights", default="auto", show_default=True, type=click.Choice(["auto", "off"]),
@@ -97,6 +92,7 @@ def serving_options(fn):
                           "when it answers) to check shapes and find projections kept unquantized."),
         click.option("-j", "--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(1),
                      help="Worker processes."),
+        click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED),
     ]
     for o in reversed(opts):
         fn = o(fn)
@@ -104,13 +100,13 @@ def serving_options(fn):
 
 
 def _make_plan(model: str, opts: dict, quiet: bool):
+    from . import serving as serving_mod
     from .engines import detect_engine
     from .errors import BadInput
     from .model import load_model
-    from .plan import ServingArgs
     from .planners import families_for, make_plan
     from .probe import probe_plan
-    from .render import console
+    from .render import console, decisions_table
     from .targets import resolve_target
 
     gpu, num_sms, jobs = opts["gpu"], opts["num_sms"], opts["jobs"]
@@ -125,16 +121,24 @@ def _make_plan(model: str, opts: dict, quiet: bool):
 
         spec = dataclasses.replace(spec, weights=read_weights(source, opts["weights"]))
     eng = detect_engine(opts["engine"])
-    # every serving option is a ServingArgs field of the same name; engine and families are resolved here
-    fields = {f.name for f in dataclasses.fields(ServingArgs)} - {"engine", "families"}
-    serving = ServingArgs(engine=eng.name, families=families_for(opts["families"], eng.name),
-                          **{k: opts[k] for k in fields})
+    families = families_for(opts["families"], eng.name)
     err = console(stderr=True)
     if not quiet:
         if source.note:
             err.print(f"[yellow]note:[/] {source.note}")
         err.print(f"target: {resolved.describe()}")
         err.print(f"engine: {eng.name} {eng.version} ({eng.location})")
+    if eng.name == "vllm":
+        from .engines.vllm_resolve import resolve_for_source
+
+        argv = serving_mod.vllm_argv(opts, opts["vllm_args"])
+        with err.status(f"resolving the serving config with vLLM's own code (vllm serve {' '.join(argv)})…"):
+            decisions = resolve_for_source(source, argv, resolved.target)
+        serving = serving_mod.for_vllm(decisions, families, opts)
+        if not quiet:
+            err.print(decisions_table(decisions))
+    else:
+        serving = serving_mod.for_fla(families, opts, opts["vllm_args"])
     plan = make_plan(spec, source, resolved, serving, eng)
     if not quiet:
         with err.status(f"probing {len(plan.items)} work items through {eng.name} under a virtual {resolved.target.key}…"):
@@ -331,8 +335,10 @@ def install(bundle: Path, dest: Path, print_env: bool, force: bool, as_json: boo
     if as_json:
         _emit_json({"dest": str(res.dest), "triton_cache": str(res.triton_cache), "entries_added": res.entries_added,
                     "entries_present": res.entries_present, "files": res.files, "bundle_sha256": res.bundle_sha256,
-                    "env": env})
+                    "env": env, "notes": res.notes})
         return
+    for note in res.notes:
+        click.echo(f"note: {note}", err=True)
     if print_env:
         for k, v in env.items():
             click.echo(f"export {k}={v}")

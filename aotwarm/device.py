@@ -85,15 +85,51 @@ class _VirtualUtils:
 
 
 class _VirtualStream:
+    """Stands in for ``torch.cuda.Stream`` (engines create side streams while building layers)."""
+
     cuda_stream = 0
     stream_id = 0
     device_index = 0
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        pass
 
     def synchronize(self) -> None:
         return None
 
     def wait_stream(self, other: Any) -> None:
         return None
+
+    def wait_event(self, event: Any) -> None:
+        return None
+
+    def record_event(self, event: Any = None) -> Any:
+        return event if event is not None else _VirtualEvent()
+
+    def __enter__(self) -> "_VirtualStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class _VirtualEvent:
+    """Stands in for ``torch.cuda.Event``."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        pass
+
+    def record(self, stream: Any = None) -> None:
+        return None
+
+    def wait(self, stream: Any = None) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        return None
+
+    def query(self) -> bool:
+        return True
 
 
 class VirtualDriver:
@@ -213,6 +249,9 @@ class VirtualDevice:
         self._patch(cuda, "current_stream", lambda device=None: _VirtualStream())
         self._patch(cuda, "default_stream", lambda device=None: _VirtualStream())
         self._patch(cuda, "device", _DeviceContext)
+        self._patch(cuda, "Stream", _VirtualStream)
+        self._patch(cuda, "Event", _VirtualEvent)
+        self._patch(cuda, "stream", lambda stream=None: contextlib.nullcontext())
 
         self._patch(driver_config, "_active", VirtualDriver(t))
 

@@ -16,7 +16,10 @@ PLAN_FORMAT = 1
 
 @dataclass(frozen=True)
 class ServingArgs:
-    """The serving setup the plan is for (defaults are the engine's own for the target)."""
+    """The serving setup the plan is for.
+
+    For vLLM every value is what vLLM itself resolved (``serving.for_vllm``), and ``vllm`` holds its
+    whole answer (``engines.vllm_resolve``: resolved config, layer facts, state layouts)."""
 
     engine: str = "auto"
     tp: int = 1
@@ -32,15 +35,23 @@ class ServingArgs:
     max_cudagraph_capture_size: int | None = None  # None: vLLM's own rule for the target
     enforce_eager: bool = False
     gdn_prefill_backend: str = "auto"
-    cuda_runtime_major: int = 13
     ep: int = 1  # expert-parallel size: experts split across ranks, intermediate size not sharded
     moe_backend: str = "auto"
     deep_gemm_e8m0: bool = True  # vLLM's VLLM_USE_DEEP_GEMM_E8M0 (UE8M0 scales): the build runs DeepGEMM with it
+    vllm_args: tuple[str, ...] = ()  # the vllm serve arguments the plan was resolved for
+    vllm: dict = field(default_factory=dict)  # vLLM's own decisions for them (engines.vllm_resolve)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["families"] = list(self.families)
+        d["vllm_args"] = list(self.vllm_args)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ServingArgs":
+        d = dict(d)
+        d.pop("cuda_runtime_major", None)  # plans of aotwarm < 0.2 (vLLM decides it now)
+        return cls(**{**d, "families": tuple(d.get("families", ())), "vllm_args": tuple(d.get("vllm_args", ()))})
 
 
 @dataclass

@@ -76,7 +76,7 @@ def audit_plan(plan: Plan, samples: int, seed: int = 0, jobs: int = 2) -> AuditR
     """Probe ``samples`` random in-range shapes and report JIT keys the plan does not reach."""
     from .plan import ServingArgs
 
-    serving = ServingArgs(**{**plan.serving, "families": tuple(plan.serving["families"])})
+    serving = ServingArgs.from_dict(plan.serving)
     rng = random.Random(seed)
     items: list[WorkItem] = []
     while len(items) < samples:

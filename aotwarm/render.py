@@ -52,16 +52,75 @@ def plan_tables(plan) -> list:
     return out
 
 
+def decisions_rows(decisions: dict) -> list[tuple[str, str]]:
+    """What vLLM decided for the serving command (engines.vllm_resolve), as (setting, value) rows."""
+    r = decisions["resolved"]
+    rows = [
+        ("vllm serve args", " ".join(decisions.get("argv", [])) or "(none: vLLM's defaults)"),
+        ("parallel", f"tp {r['tensor_parallel_size']}, pp {r['pipeline_parallel_size']}, dp {r['data_parallel_size']}"
+                     + (", expert parallel" if r["enable_expert_parallel"] else "")),
+        ("dtype / max len", f"{r['dtype']} / {r['max_model_len']}"),
+        ("batch", f"{r['max_num_batched_tokens']} tokens, {r['max_num_seqs']} sequences"),
+        ("CUDA graphs", "none (--enforce-eager)" if r["enforce_eager"] else
+         f"{r['cudagraph_mode']}, {len(r['cudagraph_capture_sizes'])} sizes up to {r['max_cudagraph_capture_size']}"),
+        ("KV cache", f"block {r['block_size']}, dtype {r['kv_cache_dtype']}, layout {r['kv_cache_layout']}, "
+                     f"prefix caching {'on' if r['enable_prefix_caching'] else 'off'}"),
+        ("attention", ", ".join(r["attention_backends"]) or "-"),
+    ]
+    if r.get("mamba_page_size_padded") or r.get("mamba_cache_mode") not in (None, "none"):
+        rows.append(("mamba cache", f"mode {r['mamba_cache_mode']}, block {r['mamba_block_size']}, "
+                                    f"page padded to {r['mamba_page_size_padded']} B"))
+    if r.get("num_speculative_tokens"):
+        rows.append(("speculative", f"{r['speculative_method']}, {r['num_speculative_tokens']} tokens"))
+    gdn = decisions.get("gdn")
+    if gdn:
+        ssm = gdn["state"]["ssm"]
+        rows.append(("GDN layers", f"prefill {gdn['prefill_backend']}, decode {gdn['decode_kernel']}"
+                                   + (", packed recurrent decode" if gdn["packed_recurrent_decode"] else "")
+                                   + f"; states {gdn['conv_state_dtype']}/{gdn['ssm_state_dtype']}, "
+                                   f"SSM state stride {ssm['stride'][0]} (page {gdn['page_bytes']} B)"))
+    chosen = [m for m in decisions.get("layer_methods", [])
+              if not m["method"].startswith("Unquantized") or "Experts" in m["layer"] or "MoE" in m["layer"]]
+    if chosen:
+        rows.append(("linear / MoE", "; ".join(f"{m['layer']}: {m['method']}"
+                                                + (f" ({', '.join(m['chosen'])})" if m["chosen"] else "")
+                                                + f" x{m['count']}" for m in chosen)))
+    if decisions.get("vllm_env"):
+        rows.append(("VLLM_* env", " ".join(f"{k}={v}" for k, v in decisions["vllm_env"].items())))
+    return rows
+
+
+def decisions_table(decisions: dict) -> Table:
+    t = Table(title=f"vLLM {decisions['resolved']['vllm_version']} decided", show_header=False)
+    t.add_column("setting", no_wrap=True)
+    t.add_column("value", overflow="fold")
+    for row in decisions_rows(decisions):
+        t.add_row(*row)
+    return t
+
+
 def build_table(summary: dict, bundle: str | None) -> Table:
-    t = Table(title=f"Build {'→ ' + bundle if bundle else '(no bundle written)'}")
-    for col in ("work items", "failed", "resumed", "kernels", "autotune keys", "JIT keys planned",
-                "compiled", "cache hits", "cache entries", "autotune shipped", "launchers", "seconds"):
-        t.add_column(col, justify="right")
+    """The build summary: one row per figure, so it reads at 80 columns."""
     s = summary
-    t.add_row(*map(str, (s["work_items"], s["failed_items"], s["resumed_items"], s["kernels"], s["autotune_keys"],
-                         s["planned_jit_keys"], s["compiled"], s["cache_hits"], s["cache_entries"],
-                         f"{s['autotune_shipped']}/{s['autotune_shipped'] + s['autotune_left_to_node']}",
-                         s["launchers"], s["seconds"])))
+    t = Table(title=f"Build {'→ ' + bundle if bundle else '(no bundle written)'}", show_header=False)
+    t.add_column("figure", no_wrap=True)
+    t.add_column("value", overflow="fold")
+    rows = [
+        ("work items", f"{s['work_items']} ({s['failed_items']} failed, {s['resumed_items']} resumed from an "
+                       f"earlier run)"),
+        ("kernels", str(s["kernels"])),
+        ("JIT keys planned", str(s["planned_jit_keys"])),
+        ("this run", f"{s['compiled']} compiled, {s['cache_hits']} cache hits"),
+        ("cache entries", f"{s['cache_entries']} in the bundle"),
+        ("autotune keys", f"{s['autotune_keys']}: results shipped for {s['autotune_shipped']}, "
+                          f"{s['autotune_left_to_node']} left to the node"),
+        ("launchers", str(s["launchers"])),
+        ("seconds", str(s["seconds"])),
+    ]
+    if s.get("deepgemm", "none") != "none":
+        rows.insert(-1, ("DeepGEMM", f"{s['deepgemm']}, {s['deepgemm_kernels']} kernels"))
+    for row in rows:
+        t.add_row(*row)
     return t
 
 
@@ -89,6 +148,9 @@ def inspect_tables(manifest: dict, path: str) -> list:
     dg = manifest.get("deepgemm") or {}
     if dg.get("status", "none") != "none":
         rows.append(("DeepGEMM", _deepgemm_line(dg)))
+    decisions = manifest["plan"].get("serving", {}).get("vllm")
+    if decisions:
+        rows += [(f"vLLM: {k}", v) for k, v in decisions_rows(decisions)]
     for r in rows:
         head.add_row(*r)
     cov = Table(title="Coverage")

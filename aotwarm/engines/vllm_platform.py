@@ -5,13 +5,13 @@ pick its CPU/unspecified platform and its kernel modules would then choose non-C
 (``launch_pdl``, ``is_cuda_alike``, SM counts).  The build worker therefore sets the platform
 explicitly:
 
-* vLLM's own ``NonNvmlCudaPlatform`` when it imports (a full vLLM install: its compiled extension
-  loads with the torch it was built for).  It reads ``torch.cuda``, which the virtual device
-  answers as the target GPU;
+* vLLM's own ``NonNvmlCudaPlatform`` when its compiled ops import (a full vLLM install; on a
+  GPU-less builder they load against a ``libcuda.so.1`` stand-in, see ``vllm_node``).  It reads
+  ``torch.cuda``, which the virtual device answers as the target GPU;
 * otherwise ``TorchCudaPlatform`` below, which answers the queries vLLM's GDN/MoE kernel modules
   make (capability, name, SM count, PDL, CUDA runtime) from ``torch.cuda`` the same way vLLM's
-  CUDA platform does.  This is for environments where vLLM's compiled extension cannot load
-  (vLLM's Python sources next to a different torch, as on our test machines); the manifest
+  CUDA platform does.  It exists only for an environment where vLLM's compiled ops cannot load at
+  all: vLLM's Python sources next to a CPU-only torch (the Triton 3.6 test leg).  The manifest
   records which one was used.
 
 On a serving node (replay) a platform that vLLM already resolved to CUDA is left alone.
@@ -95,12 +95,14 @@ def ensure_cuda_platform(force: bool = False) -> str:
                 return "vllm"
         except Exception:  # vLLM could not resolve a platform here; fall through to setting one
             pass
-    try:
-        from vllm.platforms.cuda import NonNvmlCudaPlatform
+    from .vllm_node import load_compiled_ops, set_platform
 
-        platform, choice = NonNvmlCudaPlatform(), "vllm"
-    except Exception:  # compiled extension not loadable next to this torch
-        platform, choice = _shim_class()(), "aotwarm-shim"
-    platforms._current_platform = platform
+    try:
+        load_compiled_ops()
+        set_platform(gpus=8)
+        choice = "vllm"
+    except Exception:  # compiled ops not loadable next to this torch (a CPU-only torch)
+        platforms._current_platform = _shim_class()()
+        choice = "aotwarm-shim"
     PLATFORM_CHOICE["platform"] = choice
     return choice

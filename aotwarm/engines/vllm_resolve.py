@@ -1,0 +1,417 @@
+"""What vLLM itself decides for a model and a ``vllm serve`` command line, on a virtual node of the target GPU.
+
+Run as a child process (``python -m aotwarm.engines.vllm_resolve`` with a JSON request on stdin): it
+makes the target GPU virtual (``device.VirtualDevice``) and vLLM's node (``vllm_node``), then calls
+vLLM's own code exactly as a serving process does, in order:
+
+1. ``make_arg_parser`` / ``AsyncEngineArgs.from_cli_args`` / ``create_engine_config`` with the
+   OpenAI-server usage context: serving defaults, validation (a setting vLLM rejects is reported with
+   vLLM's own message), the model's ``verify_and_update_config`` hooks;
+2. the model loader's ``create_model`` (every CUDA allocation on ``meta``): the layers as vLLM builds
+   them, with their backend choices (attention, GDN prefill and decode kernels);
+3. ``Platform.update_block_size_for_backend``: block size, mamba block size and page padding;
+4. ``get_kv_cache_spec``, ``resolve_kv_cache_layout``, ``get_kv_cache_configs``,
+   ``allocate_kv_cache`` (on ``meta``) and each layer's ``bind_kv_cache``: the state tensors every
+   Gated DeltaNet kernel receives, with vLLM's strides (they are constexprs of those kernels).
+
+Its answer (``decide()``) is JSON: the resolved serving config and, per kernel family, the facts
+the planners need.  Nothing here re-derives a vLLM rule; where a value is read from a layer it is the
+layer's own attribute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+# dtype names as recorded in plans (torch.bfloat16 -> "bfloat16")
+_DTYPE_PREFIX = "torch."
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix(_DTYPE_PREFIX)
+
+
+class VllmRejected(Exception):
+    """vLLM refused the serving settings; the message is vLLM's."""
+
+
+def _parse_args(argv: list[str]) -> Any:
+    from vllm.entrypoints.common.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    class Parser(FlexibleArgumentParser):
+        def error(self, message: str):  # argparse would print usage and exit(2)
+            raise VllmRejected(f"vllm serve arguments: {message}")
+
+        def exit(self, status: int = 0, message: str | None = None):
+            raise VllmRejected((message or "vllm serve arguments: stopped").strip())
+
+    return make_arg_parser(Parser()).parse_args(argv)
+
+
+def _engine_config(model_dir: str, argv: list[str]) -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    args = _parse_args(argv)
+    if getattr(args, "model_tag", None):
+        raise VllmRejected(f"give the model as aotwarm's MODEL argument, not in the vllm arguments "
+                           f"(found {args.model_tag!r})")
+    args.model = model_dir
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    return engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+
+
+def _build_model(vllm_config: Any) -> Any:
+    from vllm.model_executor.model_loader import get_model_loader
+    from vllm.utils.torch_utils import set_default_torch_dtype
+
+    from .vllm_node import meta_allocations
+
+    with set_default_torch_dtype(vllm_config.model_config.dtype), meta_allocations():
+        return get_model_loader(vllm_config.load_config).create_model(vllm_config=vllm_config,
+                                                                       model_config=vllm_config.model_config)
+
+
+class _Node:
+    """The engine core's view of one worker, for ``EngineCore._initialize_kv_caches``: vLLM's own sequence
+    (KV-cache specs, layout, groups, block sizes, prefix-cache granularity) runs unchanged; the worker
+    side adopts the result as ``GPUWorker.initialize_from_config`` does and keeps the config instead of
+    allocating GPU memory."""
+
+    def __init__(self, vllm_config: Any, memory: int):
+        self.vllm_config = vllm_config
+        self.cache_config = vllm_config.cache_config
+        self.model_executor = self
+        self.model_runner = self
+        self.memory = memory
+        self.kv_cache_config: Any = None
+
+    # -- the executor, as the engine core calls it --------------------------------------------
+    def get_kv_cache_specs(self) -> list[dict]:
+        from vllm.v1.worker.gpu.attn_utils import get_kv_cache_spec
+
+        return [get_kv_cache_spec(self.vllm_config)]
+
+    def get_supported_kv_cache_layouts(self) -> list[list[str]]:
+        from vllm.v1.attention.backends.utils import get_supported_kv_cache_layouts
+        from vllm.v1.worker.worker_base import get_current_attn_backends
+
+        backends = get_current_attn_backends(self.vllm_config)
+        return [[layout.name for layout in get_supported_kv_cache_layouts(backends)]]
+
+    def set_kv_cache_layout(self, name: str, interleave: int) -> None:
+        return None  # one process: resolve_kv_cache_layout recorded it in this config already
+
+    def determine_available_memory(self) -> list[int]:
+        return [self.memory]
+
+    def initialize_from_config(self, kv_cache_configs: list) -> None:
+        from vllm.v1.worker.gpu_worker import Worker
+
+        Worker.initialize_from_config(self, kv_cache_configs[0])
+
+    def compile_or_warm_up_model(self) -> None:
+        return None
+
+    def collective_rpc(self, *args: Any, **kwargs: Any) -> list:
+        return []
+
+    # -- the worker and its model runner ---------------------------------------------------------
+    def _maybe_get_memory_pool_context(self, tag: str) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def initialize_kv_cache(self, kv_cache_config: Any, kv_cache_allocation_context: Any = None) -> None:
+        self.kv_cache_config = kv_cache_config
+
+
+def _kv_caches(vllm_config: Any, memory: int) -> tuple[dict, Any]:
+    """The KV-cache views vLLM binds to each layer (on meta) after the engine core's KV-cache set-up."""
+    import torch
+    from vllm.v1.engine.core import EngineCore
+    from vllm.v1.worker.utils import allocate_kv_cache
+
+    from .vllm_node import meta_allocations
+
+    node = _Node(vllm_config, memory)
+    EngineCore._initialize_kv_caches(node, vllm_config)
+    config = node.kv_cache_config
+    if config is None or not config.kv_cache_tensors:
+        return {}, config
+    with meta_allocations():
+        views = allocate_kv_cache(config, torch.device("meta"), vllm_config.cache_config.get_resolved_kv_cache_layout(),
+                                  None)
+    return views, config
+
+
+def _geometry(t: Any, base: Any = None) -> dict:
+    """Shape, strides, dtype and byte offset of a tensor (the offset into its allocation)."""
+    return {"shape": list(t.shape), "stride": list(t.stride()), "dtype": _dtype_name(t.dtype),
+            "byte_offset": t.storage_offset() * t.element_size()}
+
+
+def _gdn_facts(layers: dict, views: dict) -> dict | None:
+    from vllm.model_executor.layers.mamba.mamba_utils import is_conv_state_dim_first
+
+    gdn = {name: layer for name, layer in layers.items() if hasattr(layer, "gdn_prefill_backend")}
+    if not gdn:
+        return None
+    name = sorted(gdn)[0]
+    layer = gdn[name]
+    layer.bind_kv_cache(views[name])  # vLLM's own unpacking of the page into per-state views
+    conv_raw, ssm = layer.kv_cache[0], layer.kv_cache[1]
+    # the layer hands the conv kernels (..., dim, state_len): SD storage is transposed on use
+    dim_first = is_conv_state_dim_first()
+    conv = conv_raw if dim_first else conv_raw.transpose(-1, -2)
+    conv_dtype, ssm_dtype = layer.get_state_dtype()[:2]
+    facts = {
+        "layer": name,
+        "layers": len(gdn),
+        "tp_size": layer.tp_size,
+        "num_k_heads": layer.num_k_heads // layer.tp_size,
+        "num_v_heads": layer.num_v_heads // layer.tp_size,
+        "head_k_dim": layer.head_k_dim,
+        "head_v_dim": layer.head_v_dim,
+        "conv_kernel": layer.conv_kernel_size,
+        "interleaved": bool(layer.gqa_interleaved_layout),
+        "activation": layer.norm.activation,
+        "prefill_backend": layer.gdn_prefill_backend,
+        "decode_kernel": layer.gdn_decode_kernel,
+        "packed_recurrent_decode": bool(layer.enable_packed_recurrent_decode),
+        "fused_spec_decode": bool(layer.enable_fused_gdn_spec_decode),
+        "num_spec": int(layer.num_spec),
+        "conv_state_dtype": _dtype_name(conv_dtype),
+        "ssm_state_dtype": _dtype_name(ssm_dtype),
+        "conv_state_dim_first": dim_first,
+        "checkpoint_export": bool(getattr(layer, "_exports_checkpoints", False)),
+        # RMSNormGated is a vLLM CustomOp: its Triton kernel runs only when the op is enabled (custom_ops
+        # "all", e.g. --enforce-eager); otherwise its torch code is compiled into the model by torch.compile
+        "norm_custom_op": bool(type(layer.norm).enabled()),
+        "state": {"conv": _geometry(conv), "ssm": _geometry(ssm)},
+        "page_bytes": int(views[name].stride(0) * views[name].element_size()),
+    }
+    if facts["checkpoint_export"]:
+        shape, dtype = layer._checkpoint_buffer_spec  # the workspace rows FlashInfer's prefill emits into
+        facts["checkpoint_buffer"] = {"shape": list(shape), "dtype": _dtype_name(dtype)}
+    return facts
+
+
+def decide(model_dir: str, argv: list[str], target: Any) -> dict:
+    """vLLM's decisions for ``vllm serve MODEL_DIR ARGV`` on this (virtual) node, as JSON-able facts."""
+    import vllm
+    from vllm.config import set_current_vllm_config
+    from vllm.platforms import current_platform
+
+    from .vllm_node import process_groups
+
+    vc = _engine_config(model_dir, argv)
+    with process_groups(vc), set_current_vllm_config(vc):
+        model = _build_model(vc)
+        current_platform.update_block_size_for_backend(vc)
+        layers = dict(vc.compilation_config.static_forward_context)
+        memory = int(target.total_memory * vc.cache_config.gpu_memory_utilization)
+        views, kv_config = _kv_caches(vc, memory)
+        gdn = _gdn_facts(layers, views)
+        backends = sorted({type(layer).__name__ + ":" + layer.get_attn_backend().get_name()
+                           for layer in layers.values() if hasattr(layer, "get_attn_backend")})
+        methods = _quant_methods(model)
+    cc, sc, pc, comp, mc = (vc.cache_config, vc.scheduler_config, vc.parallel_config, vc.compilation_config,
+                            vc.model_config)
+    spec = vc.speculative_config
+    resolved = {
+        "vllm_version": vllm.__version__,
+        "architecture": mc.architecture,
+        "dtype": _dtype_name(mc.dtype),
+        "max_model_len": mc.max_model_len,
+        "tensor_parallel_size": pc.tensor_parallel_size,
+        "pipeline_parallel_size": pc.pipeline_parallel_size,
+        "data_parallel_size": pc.data_parallel_size,
+        "enable_expert_parallel": bool(pc.enable_expert_parallel),
+        "max_num_batched_tokens": sc.max_num_batched_tokens,
+        "max_num_seqs": sc.max_num_seqs,
+        "enforce_eager": bool(mc.enforce_eager),
+        "cudagraph_mode": comp.cudagraph_mode.name if comp.cudagraph_mode is not None else None,
+        "cudagraph_capture_sizes": list(comp.cudagraph_capture_sizes or []),
+        "max_cudagraph_capture_size": comp.max_cudagraph_capture_size,
+        "block_size": cc.block_size,
+        "kv_cache_dtype": cc.cache_dtype,
+        "enable_prefix_caching": bool(cc.enable_prefix_caching),
+        "mamba_cache_mode": cc.mamba_cache_mode,
+        "mamba_block_size": cc.mamba_block_size,
+        "mamba_page_size_padded": cc.mamba_page_size_padded,
+        "mamba_cache_dtype": cc.mamba_cache_dtype,
+        "mamba_ssm_cache_dtype": cc.mamba_ssm_cache_dtype,
+        "kv_cache_layout": cc.kv_cache_layout,
+        "hash_block_size": cc.hash_block_size,
+        "cache_hit_alignment_tokens": cc.cache_hit_alignment_tokens,
+        "kv_cache_groups": len(kv_config.kv_cache_groups) if kv_config is not None else 0,
+        "attention_backends": backends,
+        "speculative_method": getattr(spec, "method", None) if spec else None,
+        "num_speculative_tokens": vc.num_speculative_tokens if spec else 0,
+        "use_v2_model_runner": bool(getattr(vc, "use_v2_model_runner", False)),
+    }
+    return {"argv": argv, "resolved": resolved, "gdn": gdn, "layer_methods": methods}
+
+
+def _quant_methods(model: Any) -> list[dict]:
+    """Which method (and backend) vLLM chose for each kind of linear and MoE layer, with how many layers."""
+    counts: dict[tuple, int] = {}
+    for module in model.modules():
+        method = getattr(module, "quant_method", None)
+        if method is None or not hasattr(method, "apply"):
+            continue
+        chosen = []
+        for attr in sorted(vars(method)):
+            value = getattr(method, attr)
+            if "backend" in attr.lower() and value is not None and isinstance(value, (str, int)) or (
+                    "backend" in attr.lower() and hasattr(value, "name") and hasattr(value, "value")):
+                chosen.append(f"{attr}={getattr(value, 'name', value)}")
+        kernel = getattr(method, "kernel", None) or getattr(method, "moe_kernel", None)
+        if kernel is not None:
+            chosen.append(f"kernel={type(kernel).__name__}")
+        key = (type(module).__name__, type(method).__name__, tuple(chosen))
+        counts[key] = counts.get(key, 0) + 1
+    return [{"layer": k[0], "method": k[1], "chosen": list(k[2]), "count": n} for k, n in sorted(counts.items())]
+
+
+def _one_line(err: BaseException) -> str:
+    """vLLM's reason, on one line (pydantic validation errors carry it in ``errors()``)."""
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            return str(first.get("msg", err)).replace("Value error, ", "").splitlines()[0]
+        except Exception:
+            pass
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def resolve(model_dir: str, argv: list[str], target: dict, gpus: int = 8, timeout: float = 900.0) -> dict:
+    """Ask vLLM (in a child process, under the virtual target) what it decides for ``vllm serve`` ARGV.
+
+    Raises BadInput with vLLM's own reason when vLLM rejects the settings, Incompatible when vLLM
+    cannot run here at all."""
+    import subprocess
+
+    from ..errors import AotwarmError, BadInput, Incompatible
+
+    request = json.dumps({"model_dir": model_dir, "argv": argv, "target": target, "gpus": gpus})
+    try:
+        proc = subprocess.run([sys.executable, "-m", "aotwarm.engines.vllm_resolve"], input=request,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AotwarmError(f"vLLM did not finish resolving its config within {timeout:.0f} s")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise AotwarmError(f"resolving the serving config with vLLM failed (exit {proc.returncode}): {tail}")
+    answer = json.loads(lines[-1])
+    if answer["ok"]:
+        return answer
+    if answer["kind"] == "rejected":
+        raise BadInput(f"vLLM rejects these serving settings: {answer['error']}")
+    if answer["kind"] == "environment":
+        raise Incompatible(f"vLLM cannot run its config code here ({answer['error']}): install vLLM with its own "
+                           f"dependencies (pip install vllm==0.33.0), as the serving image has it")
+    raise AotwarmError(f"vLLM failed while resolving the serving config: {answer['error']}")
+
+
+def _vllm_env() -> dict[str, str]:
+    """The VLLM_* variables of this environment: vLLM reads them while deciding (kernels, layouts)."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLLM_")}
+
+
+def _cache_key(config_text: str, argv: list[str], target: dict, gpus: int) -> str:
+    """Identity of a resolution: vLLM's installed files (its RECORD), this module, the inputs, VLLM_* env."""
+    import hashlib
+    import importlib.metadata
+    from pathlib import Path
+
+    try:
+        record = importlib.metadata.distribution("vllm").read_text("RECORD") or ""
+    except importlib.metadata.PackageNotFoundError:
+        record = ""
+    parts = [record, Path(__file__).read_text(), Path(__file__).with_name("vllm_node.py").read_text(), config_text,
+             json.dumps(argv), json.dumps(target, sort_keys=True), str(gpus), json.dumps(_vllm_env())]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def resolve_for_source(source: Any, argv: list[str], target: Any, gpus: int = 8) -> dict:
+    """``resolve`` for a model config aotwarm loaded (``model.ModelSource``); answers are cached per
+    (vLLM files, config, arguments, target, VLLM_* env) under ``$XDG_CACHE_HOME/aotwarm/vllm-resolve``."""
+    import tempfile
+    from pathlib import Path
+
+    from ..fsutil import atomic_write_text, user_cache_dir
+
+    text = Path(source.path).read_text() if source.kind != "bundled" else _bundled_text(source)
+    key = _cache_key(text, argv, target.to_dict(), gpus)
+    cached = user_cache_dir() / "vllm-resolve" / f"{key}.json"
+    if cached.is_file():
+        try:
+            return json.loads(cached.read_text())
+        except (OSError, json.JSONDecodeError):
+            pass
+    with tempfile.TemporaryDirectory(prefix="aotwarm-model-") as tmp:
+        # vLLM reads the model's config.json from a folder: the exact text aotwarm planned from
+        (Path(tmp) / "config.json").write_text(text)
+        answer = resolve(tmp, argv, target.to_dict(), gpus)
+    answer["vllm_env"] = _vllm_env()
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cached, json.dumps(answer, sort_keys=True))
+    except OSError:
+        pass  # a read-only cache only costs the next plan a resolution
+    return answer
+
+
+def _bundled_text(source: Any) -> str:
+    from ..model import _bundled_config_text
+
+    text = _bundled_config_text(source.model)
+    if text is None:
+        raise FileNotFoundError(source.path)
+    return text
+
+
+def main() -> int:
+    """Child entry: read {"model_dir", "argv", "target", "gpus"} on stdin; one JSON answer on stdout."""
+    request = json.loads(sys.stdin.read())
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # vLLM's own prints go to stderr
+    sys.stdout = sys.stderr
+    from ..device import VirtualDevice
+    from ..targets import Target
+    from .vllm_node import load_compiled_ops, quiet_vllm_logging, set_platform
+
+    quiet_vllm_logging()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only config.json is read, from the folder given
+    answer: dict
+    try:
+        loaded = load_compiled_ops()
+        VirtualDevice(Target.from_dict(request["target"])).install()  # noqa: the target GPU, virtual
+        set_platform(int(request.get("gpus", 8)))
+        target = Target.from_dict(request["target"])
+        answer = {"ok": True, "compiled_ops": loaded, **decide(request["model_dir"], list(request["argv"]), target)}
+    except ImportError as err:
+        answer = {"ok": False, "kind": "environment", "error": f"{type(err).__name__}: {_one_line(err)}"}
+    except (VllmRejected, ValueError, TypeError, NotImplementedError, AssertionError) as err:
+        answer = {"ok": False, "kind": "rejected", "error": _one_line(err)}
+    except Exception as err:  # vLLM failed in a way we did not foresee: say where
+        import traceback
+
+        traceback.print_exc()
+        answer = {"ok": False, "kind": "failed", "error": f"{type(err).__name__}: {_one_line(err)}"}
+    proto.write(json.dumps(answer) + "\n")
+    proto.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
