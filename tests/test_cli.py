@@ -20,7 +20,8 @@ def test_targets_json():
     (["plan", "missing/config.json", "--gpu", "sm90"], "no such file"),
     (["plan", str(QWEN35_9B)], "--gpu is required"),
     (["plan", str(QWEN35_9B), "--gpu", "sm90", "--engine", "tensorrt"], "unknown engine 'tensorrt'"),
-    (["plan", str(QWEN35_9B), "--gpu", "sm90", "--tp", "3"], "--tp 3 does not divide"),
+    (["plan", str(QWEN35_9B), "--gpu", "sm90", "--engine", "fla", "--tp", "3"], "--tp 3 does not divide"),
+    (["plan", str(QWEN35_9B), "--gpu", "sm90", "--engine", "fla", "--", "--max-num-seqs", "8"], "the fla engine has none"),
     (["build", "--gpu", "sm90"], "give a MODEL"),
     (["inspect", "nope.tar.zst"], "cannot read bundle"),
 ])

@@ -8,9 +8,11 @@ specialized ints in these kernels, so a tensor with another stride would compile
 * input layout: Qwen3.5 splits ``mixed_qkv`` out of the fused ``[T, qkv + z]`` projection (row
   stride ``qkv + z``); Qwen3-Next (interleaved GQA) concatenates q, k, v into a contiguous
   ``[T, qkv]``.  ``b``/``a`` are made contiguous ``[T, HV]``.
-* mamba cache: conv state stored ``(blocks, W - 1 + num_spec, conv_dim)`` (vLLM's default "SD"
-  layout) and passed transposed; recurrent state ``(blocks, HV, V, K)`` in the SSM cache dtype.
-  ``num_spec`` changes the conv-state strides, which are constexprs of the conv kernels.
+* mamba cache: the conv and recurrent states are views into vLLM's hybrid KV-cache pages, with the
+  exact shapes, strides and byte offsets vLLM's own ``allocate_kv_cache`` + ``bind_kv_cache`` gave
+  them for the serving config (recorded by ``vllm_resolve``; the conv state as the layer hands it to
+  the kernels, transposed from vLLM's "SD" storage).  The block stride is the whole padded page, and
+  the strides are constexprs of the conv, decode and checkpoint kernels.
 * ops: ``gdn_conv_prefill`` (``causal_conv1d_fn``), ``gdn_post_conv`` (``fused_post_conv_prep``),
   ``gdn_chunk_prefill`` (vLLM's FLA ``chunk_gated_delta_rule``, Triton prefill backend),
   ``gdn_conv_update`` (``causal_conv1d_update``, plain and speculative), ``gdn_packed_decode``
@@ -76,6 +78,34 @@ def _setup(device: str) -> None:
         torch_utils.PIN_MEMORY = False
 
 
+def state_views(state: dict, blocks: int, device: str) -> tuple:
+    """The (conv, SSM) state tensors of ``blocks`` KV-cache blocks, laid out exactly as vLLM bound them.
+
+    ``state`` is ``vllm_resolve``'s record of vLLM's views: shape, strides, dtype and byte offset into
+    the page.  One raw byte buffer is allocated and each state is set onto it with those strides, so
+    the kernels see vLLM's page stride and alignment (only the number of blocks is smaller)."""
+    import torch
+
+    def sized(g: dict) -> tuple[list[int], int]:
+        shape = [blocks, *g["shape"][1:]]
+        itemsize = torch.empty(0, dtype=torch_dtype(g["dtype"])).element_size()
+        end = g["byte_offset"] + itemsize * (1 + sum((n - 1) * st for n, st in zip(shape, g["stride"])))
+        return shape, end
+
+    geometry = [state["conv"], state["ssm"]]
+    nbytes = max(sized(g)[1] for g in geometry)
+    nbytes += -nbytes % 256
+    # CPU (build workers): never written, so never paged in; GPU (replay): zeroed like vLLM's pool
+    raw = (torch.zeros if device != "cpu" else torch.empty)(nbytes, dtype=torch.uint8, device=device)
+    views = []
+    for g in geometry:
+        dtype = torch_dtype(g["dtype"])
+        view = torch.empty(0, dtype=dtype, device=device)
+        view.set_(raw.untyped_storage(), g["byte_offset"] // view.element_size(), sized(g)[0], g["stride"])
+        views.append(view)
+    return tuple(views)
+
+
 class _Layer:
     """The tensors one GDN layer owns, TP-local, as vLLM allocates them."""
 
@@ -96,10 +126,7 @@ class _Layer:
                             ).view(self.qkv, self.w)
         self.A_log = torch.randn(self.hv, dtype=torch.float32, device=device, generator=gen) * 0.1
         self.dt_bias = torch.ones(self.hv, dtype=self.dtype, device=device)
-        # SD layout: stored (blocks, state_len, dim), used transposed as (blocks, dim, state_len)
-        self.conv_state = torch.zeros(self.blocks, self.w - 1 + self.num_spec, self.qkv, dtype=self.conv_dtype,
-                                      device=device).transpose(-1, -2)
-        self.ssm_state = torch.zeros(self.blocks, self.hv, self.v, self.k, dtype=self.ssm_dtype, device=device)
+        self.conv_state, self.ssm_state = state_views(p["state"], self.blocks, device)
 
     def projections(self, tokens: int):
         """mixed_qkv (with the projection's row stride), b, a as the layer passes them on."""
@@ -257,6 +284,41 @@ def gdn_sigmoid_gating_update(p: dict[str, Any], device: str) -> None:
                                            use_qk_l2norm_in_kernel=True)
 
 
+def gdn_checkpoint_export(p: dict[str, Any], device: str) -> None:
+    """Prefix-caching "align" mode with FlashInfer's prefill: vLLM's ``MambaPrefillCheckpointExporter``
+    stores each prefill checkpoint's conv window and recurrent state (``store_cache_checkpoints_kernel``).
+
+    Its tensors as ``_forward_core`` and ``GDNAttentionMetadataBuilder`` make them: the layer's input
+    rows (``gathered``: contiguous, as in batches with speculative sequences), the state views, the
+    workspace rows FlashInfer emits into, and ``rows`` sliced out of the one int64 plan tensor after its
+    ``num_seqs + 1`` cumulative starts (so its alignment depends on the number of prefill sequences)."""
+    _setup(device)
+    import torch
+    from vllm.model_executor.layers.mamba.checkpoint import (
+        MambaPrefillCheckpointExporter,
+        MambaPrefillCheckpointMetadata,
+    )
+    from vllm.v1.attention.backends.gdn_attn import plan_flashinfer_checkpoints
+
+    layer = _Layer(p, device)
+    n, every = p["num_seqs"], p["every_n_tokens"]
+    lens = [every] * n
+    mixed_qkv, _, _ = layer.projections(sum(lens))
+    if p.get("gathered"):
+        mixed_qkv = mixed_qkv.contiguous()
+    offsets = [every] * n
+    _every, cu_starts, rows = plan_flashinfer_checkpoints(offsets, lens)
+    plan = torch.tensor(cu_starts + rows, dtype=torch.int64).to(device)
+    buf = p["checkpoint_buffer"]
+    checkpoints = torch.zeros(buf["shape"], dtype=torch_dtype(buf["dtype"]), device=device)[: cu_starts[-1]]
+    meta = MambaPrefillCheckpointMetadata(torch.tensor(offsets, dtype=torch.int32).to(device),
+                                          layer.indices(n), offsets=offsets, query_lens=lens)
+    starts = torch.tensor([0] + [every * (i + 1) for i in range(n)], dtype=torch.int32).to(device)
+    MambaPrefillCheckpointExporter(state_len=layer.w - 1).export(
+        meta, raw_qkv=mixed_qkv, conv_state=layer.conv_state, cu_seqlens=starts, recurrent_checkpoint=checkpoints,
+        recurrent_state=layer.ssm_state, recurrent_rows=plan[len(cu_starts):])
+
+
 def _split_qkv(layer: _Layer, mixed_qkv):
     """``QwenGatedDeltaNetAttention.rearrange_mixed_qkv``: split and view as [1, T, heads, dim]."""
     import torch
@@ -406,6 +468,7 @@ OPS = {
     "gdn_packed_decode": gdn_packed_decode,
     "gdn_sigmoid_gating_update": gdn_sigmoid_gating_update,
     "gdn_gated_rmsnorm": gdn_gated_rmsnorm,
+    "gdn_checkpoint_export": gdn_checkpoint_export,
     "wna16_moe_gemm": wna16_moe_gemm,
     "shared_expert_gate": shared_expert_gate,
 }

@@ -1,5 +1,12 @@
 """Gated DeltaNet family planner for vLLM 0.33 (``QwenGatedDeltaNetAttention``, Qwen3.5 / Qwen3-Next).
 
+Everything vLLM decides comes from vLLM's own answer for the serving command (``serving.vllm``, see
+``engines.vllm_resolve``): the layer's TP-local dims, state dtypes and the *layout of the state pool*
+(conv and SSM states are slices of the hybrid KV-cache page, so their block stride is the page;
+strides are constexprs of the conv, decode and checkpoint kernels), the prefill and decode kernels
+the layer chose, the CUDA-graph mode and capture sizes, the batch limits.  This planner only
+enumerates the specialization classes over the ranges vLLM allows.
+
 What each Triton kernel of the layer specializes on, read from vLLM 0.33's sources and checked by
 ``aotwarm plan --audit N`` (random serving shapes through vLLM's own functions, key by key):
 
@@ -25,6 +32,7 @@ What each Triton kernel of the layer specializes on, read from vLLM 0.33's sourc
 from __future__ import annotations
 
 from ..engines import EngineInfo
+from ..errors import BadInput
 from ..model import ModelSpec
 from ..plan import FamilyCoverage, KernelCoverage, ServingArgs, WorkItem
 from ..targets import Target
@@ -41,33 +49,25 @@ def rows_per_block(m: int, sms: int) -> int:
     return min(next_pow2(cdiv(m, 2 * sms)), 4)
 
 
-def capture_sizes(serving: ServingArgs, target: Target) -> list[int]:
-    """vLLM 0.33's default CUDA-graph capture sizes (token counts) for this serving setup."""
-    if serving.enforce_eager:
-        return []
-    query_len = 1 + serving.num_speculative_tokens
-    cap = serving.max_cudagraph_capture_size or min(serving.max_num_seqs * query_len * 2,
-                                                   1024 if target.capability[0] == 10 else 512)
-    cap = min(cap, serving.max_num_batched_tokens)
-    sizes = [s for s in [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, cap + 1, 16)) if s <= cap]
-    if query_len > 1:  # CompilationConfig.adjust_cudagraph_sizes_for_spec_decode: multiples of k + 1
-        rounded = sorted({r for r in (cdiv(s, query_len) * query_len for s in sizes) if r <= cap})
-        sizes = rounded or ([query_len] if query_len <= cap else [])
-    return sizes
+FULL_DECODE_GRAPH_MODES = ("FULL", "FULL_AND_PIECEWISE", "FULL_DECODE_ONLY")
 
 
-def decode_batches(serving: ServingArgs, target: Target, query_len: int = 1) -> list[int]:
+def decode_batches(serving: ServingArgs, query_len: int = 1) -> list[int]:
     """Every sequence count a decode-only step of ``query_len`` tokens per sequence can present.
 
-    Full CUDA graphs capture uniform decode batches at the capture sizes (the kernels are dispatched
-    once, at capture, with the padded size); anything else runs the GDN op eagerly at its real size:
-    batches above the largest graph, and plain one-token decode steps when speculative decoding is
-    on (the graphs are then captured for ``k + 1`` tokens per sequence).
+    With a full decode CUDA graph (vLLM's ``cudagraph_mode``) uniform decode batches are captured at
+    vLLM's capture sizes (the kernels are dispatched once, at capture, with the padded size); anything
+    else runs the GDN op eagerly at its real size: batches above the largest graph, every batch
+    without full decode graphs, and plain one-token decode steps when speculative decoding is on (the
+    graphs are then captured for ``k + 1`` tokens per sequence).
     """
+    resolved = serving.vllm["resolved"]
     limit = min(serving.max_num_seqs, serving.max_num_batched_tokens // query_len)
-    if query_len != 1 + serving.num_speculative_tokens:
+    full = not serving.enforce_eager and resolved["cudagraph_mode"] in FULL_DECODE_GRAPH_MODES
+    if not full or query_len != 1 + serving.num_speculative_tokens:
         return list(range(1, limit + 1))
-    graphs = [s // query_len for s in capture_sizes(serving, target) if s % query_len == 0 and s // query_len <= limit]
+    graphs = [s // query_len for s in resolved["cudagraph_capture_sizes"]
+              if s % query_len == 0 and s // query_len <= limit]
     largest = max(graphs, default=0)
     # batches up to the largest captured size are padded to a capture size; larger ones run eagerly
     return sorted(set(graphs) | set(range(largest + 1, limit + 1)))
@@ -80,47 +80,23 @@ def class_representatives(values: list[int]) -> dict[str, int]:
     return out
 
 
-def prefill_backend(spec: ModelSpec, target: Target, serving: ServingArgs) -> tuple[str, str]:
-    """(backend, why): vLLM 0.33 ``_resolve_gdn_prefill_backend`` for a CUDA target."""
-    major, minor = target.capability
-    k = spec.gdn.head_k_dim if spec.gdn else 0
-    fi = ((major, minor) == (9, 0)
-          or (major in (10, 12) and k == 128 and serving.cuda_runtime_major >= 13))
-    asked = serving.gdn_prefill_backend
-    if asked in ("auto", "flashinfer") and fi:
-        return "flashinfer", f"vLLM picks FlashInfer GDN prefill on sm{major}{minor} ({asked})"
-    if asked == "flashinfer":
-        return "triton", f"FlashInfer GDN prefill is not available on sm{major}{minor}: vLLM falls back to Triton/FLA"
-    return "triton", ("--gdn-prefill-backend triton" if asked == "triton"
-                      else f"vLLM uses Triton/FLA GDN prefill on sm{major}{minor}")
-
-
-def fused_mtp_decode(spec: ModelSpec, target: Target, params: dict) -> bool:
-    """Whether vLLM 0.33 sends pure speculative decode to its AOT CUDA op (no JIT)."""
-    return (not params["interleaved"] and params["head_k_dim"] == 128 and params["head_v_dim"] == 128
-            and spec.gdn_output_gate in ("silu", "sigmoid") and params["dtype"] == "bfloat16"
-            and params["conv_state_dtype"] == "bfloat16" and params["ssm_state_dtype"] in FUSED_MTP_STATE_DTYPES
-            and target.capability[0] >= 8)
-
-
-def state_dtypes(spec: ModelSpec, serving: ServingArgs, dtype: str) -> tuple[str, str]:
-    """(conv state dtype, recurrent state dtype) as vLLM 0.33 derives them."""
-    conv = dtype if serving.mamba_cache_dtype == "auto" else serving.mamba_cache_dtype
-    ssm = serving.mamba_ssm_cache_dtype
-    if ssm == "auto":  # Qwen3.5 configs carry mamba_ssm_dtype, which vLLM applies
-        ssm = spec.mamba_ssm_dtype or conv
-    return conv, ssm
+def gdn_facts(serving: ServingArgs) -> dict:
+    """vLLM's facts about the model's GDN layer (BadInput when the plan was not resolved by vLLM)."""
+    facts = (serving.vllm or {}).get("gdn")
+    if not facts:
+        raise BadInput("the vLLM GDN planner needs vLLM's own resolution of the serving config "
+                       "(plan with --engine vllm; vLLM found no Gated DeltaNet layer in this model)")
+    return facts
 
 
 def layer_params(spec: ModelSpec, serving: ServingArgs) -> dict:
-    dims = spec.gdn.local(serving.tp)
-    dtype = serving.dtype or spec.dtype
-    conv_dtype, ssm_dtype = state_dtypes(spec, serving, dtype)
-    return {"num_k_heads": dims.num_k_heads, "num_v_heads": dims.num_v_heads, "head_k_dim": dims.head_k_dim,
-            "head_v_dim": dims.head_v_dim, "conv_kernel": dims.conv_kernel, "dtype": dtype,
-            "conv_state_dtype": conv_dtype, "ssm_state_dtype": ssm_dtype,
-            "interleaved": spec.text_model_type == "qwen3_next", "num_spec": serving.num_speculative_tokens,
-            "cache_blocks": serving.max_num_seqs + 1}
+    """The parameters every GDN op gets: TP-local dims, dtypes and the state layout, as vLLM built them."""
+    g = gdn_facts(serving)
+    return {"num_k_heads": g["num_k_heads"], "num_v_heads": g["num_v_heads"], "head_k_dim": g["head_k_dim"],
+            "head_v_dim": g["head_v_dim"], "conv_kernel": g["conv_kernel"], "dtype": serving.dtype or spec.dtype,
+            "conv_state_dtype": g["conv_state_dtype"], "ssm_state_dtype": g["ssm_state_dtype"],
+            "interleaved": g["interleaved"], "num_spec": serving.num_speculative_tokens,
+            "state": g["state"], "cache_blocks": min(serving.max_num_seqs, 256) + 1}
 
 
 def norm_rows(max_tokens: int, hv: int, sms: int) -> dict[tuple[str, int], int]:
@@ -137,9 +113,11 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
     if spec.gdn is None or spec.num_gdn_layers == 0:
         return FamilyCoverage("gdn", "not-applicable", f"{spec.text_model_type} has no Gated DeltaNet layers"), []
     base = layer_params(spec, serving)
+    facts = gdn_facts(serving)
     hv, k, v = base["num_v_heads"], base["head_k_dim"], base["head_v_dim"]
     max_tokens, nspec = serving.max_num_batched_tokens, serving.num_speculative_tokens
-    backend, backend_why = prefill_backend(spec, target, serving)
+    backend = facts["prefill_backend"]
+    backend_why = f"vLLM's layer chose the {backend} GDN prefill on {target.key} (--gdn-prefill-backend)"
     items: list[WorkItem] = []
     kernels: list[KernelCoverage] = []
     uncovered: list[str] = []
@@ -184,36 +162,50 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
                          "FlashInfer cache (or the flashinfer-jit-cache wheel), not in this Triton bundle. "
                          "Use --gdn-prefill-backend triton (and the same setting in vLLM) to plan the Triton path")
 
+    if facts["checkpoint_export"]:
+        _plan_checkpoint_export(facts, nspec, add, kernels)
+
     # -- gated RMSNorm (every token of every batch) ----------------------------------------------
     sms = target.num_sms
-    rows = norm_rows(max_tokens, hv, sms)
-    for (cls, rpb), t in sorted(rows.items(), key=lambda kv: kv[1]):
-        add(f"gdn/gated-rmsnorm/M-{cls}/rows{rpb}", "gdn_gated_rmsnorm",
-            f"RMSNormGated over {t}x{hv} rows: M class {cls}, ROWS_PER_BLOCK={rpb} at {sms} SMs",
-            tokens=t, weight_dtype=base["dtype"], activation=spec.gdn_output_gate, eps=spec.rms_norm_eps)
-    kernels.append(KernelCoverage("layer_norm_fwd_kernel", f"tokens 1..{max_tokens} (M = tokens x {hv})",
-                                  [f"M class {c}, ROWS_PER_BLOCK {r} from {t} tokens"
-                                   for (c, r), t in sorted(rows.items(), key=lambda kv: kv[1])]
-                                  + [f"ROWS_PER_BLOCK depends on the SM count ({sms})"]))
+    if facts["norm_custom_op"]:
+        rows = norm_rows(max_tokens, hv, sms)
+        for (cls, rpb), t in sorted(rows.items(), key=lambda kv: kv[1]):
+            add(f"gdn/gated-rmsnorm/M-{cls}/rows{rpb}", "gdn_gated_rmsnorm",
+                f"RMSNormGated over {t}x{hv} rows: M class {cls}, ROWS_PER_BLOCK={rpb} at {sms} SMs",
+                tokens=t, weight_dtype=base["dtype"], activation=spec.gdn_output_gate, eps=spec.rms_norm_eps)
+        kernels.append(KernelCoverage("layer_norm_fwd_kernel", f"tokens 1..{max_tokens} (M = tokens x {hv})",
+                                      [f"M class {c}, ROWS_PER_BLOCK {r} from {t} tokens"
+                                       for (c, r), t in sorted(rows.items(), key=lambda kv: kv[1])]
+                                      + [f"ROWS_PER_BLOCK depends on the SM count ({sms})"]))
+    else:
+        uncovered.append("RMSNormGated: vLLM runs its torch code, compiled into the model by torch.compile "
+                         "(custom op rms_norm_gated is off under custom_ops 'none'); those are Inductor kernels "
+                         "in vLLM's compile cache, not this bundle (--enforce-eager or "
+                         "-O '{\"custom_ops\": [\"+rms_norm_gated\"]}' switches to the Triton kernel, which is planned)")
 
     # -- decode ------------------------------------------------------------------------------------
-    batches = decode_batches(serving, target)
+    batches = decode_batches(serving)
     reps = class_representatives(batches)
     for cls, b in sorted(reps.items(), key=lambda kv: kv[1]):
         add(f"gdn/conv-update/batch-{cls}", "gdn_conv_update", f"decode conv update, batch {b} (class {cls})", batch=b)
     conv_update = KernelCoverage("_causal_conv1d_update_kernel", _batch_range(batches, serving),
                                  [f"batch class {c} at {b}" for c, b in sorted(reps.items(), key=lambda kv: kv[1])])
     kernels.append(conv_update)
-    packed = _packed_variants(batches, hv, k, v, target, base["ssm_state_dtype"])
-    for label, b in packed.items():
-        add(f"gdn/packed-decode/{label}", "gdn_packed_decode", f"packed recurrent decode, batch {b} ({label})", batch=b)
-    kernels.append(KernelCoverage("fused_recurrent_gated_delta_rule_packed_decode_kernel", _batch_range(batches, serving),
-                                  [f"{label} (batch {b})" for label, b in packed.items()]))
+    sig_classes = ["N, T do_not_specialize: decode part of mixed batches"]
+    if facts["packed_recurrent_decode"]:
+        packed = _packed_variants(batches, hv, k, v, target, base["ssm_state_dtype"])
+        for label, b in packed.items():
+            add(f"gdn/packed-decode/{label}", "gdn_packed_decode", f"packed recurrent decode, batch {b} ({label})",
+                batch=b)
+        kernels.append(KernelCoverage("fused_recurrent_gated_delta_rule_packed_decode_kernel",
+                                      _batch_range(batches, serving),
+                                      [f"{label} (batch {b})" for label, b in packed.items()]))
+    else:  # VLLM_ENABLE_FLA_PACKED_RECURRENT_DECODE=0: decode-only batches take the general path
+        sig_classes.append("decode-only batches (packed recurrent decode is off in this vLLM environment)")
     add("gdn/sigmoid-gating/mixed", "gdn_sigmoid_gating_update",
         "recurrent update of the decode part of a prefill+decode batch", batch=1)
-    sig_classes = ["N, T do_not_specialize: decode part of mixed batches"]
     if nspec:
-        spec_batches = decode_batches(serving, target, query_len=nspec + 1)
+        spec_batches = decode_batches(serving, query_len=nspec + 1)
         sreps = class_representatives(spec_batches)
         for cls, b in sorted(sreps.items(), key=lambda kv: kv[1]):
             add(f"gdn/conv-update/spec-batch-{cls}", "gdn_conv_update",
@@ -224,18 +216,39 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
             f"speculative recurrent update ({nspec + 1} tokens per sequence, accepted-token counts)", batch=1,
             speculative=True)
         sig_classes.append(f"speculative sequences ({nspec + 1} tokens each)")
-        if fused_mtp_decode(spec, target, base):
+        if facts["fused_spec_decode"]:
             uncovered.append("speculative decode-only steps run vLLM's AOT CUDA op fused_gdn_decode_post_conv_mtp "
-                             "(VLLM_GDN_DECODE_KERNEL=cuda): compiled into vLLM, no JIT, nothing to bundle")
+                             "(the layer's decode kernel is 'cuda'): compiled into vLLM, no JIT, nothing to bundle")
     kernels.append(KernelCoverage("fused_sigmoid_gating_delta_rule_update_kernel", "any decode batch", sig_classes))
     kernels.sort(key=lambda kc: kc.kernel)
 
-    summary = (f"{spec.num_gdn_layers} GDN layers, TP-local HK={base['num_k_heads']} HV={hv} K={k} V={v}, "
-               f"{base['dtype']}, conv state {base['conv_state_dtype']}, SSM state {base['ssm_state_dtype']}, "
-               f"prefill backend {backend} ({backend_why})"
+    ssm = base["state"]["ssm"]
+    summary = (f"{facts['layers']} GDN layers, TP-local HK={base['num_k_heads']} HV={hv} K={k} V={v}, "
+               f"{base['dtype']}, conv state {base['conv_state_dtype']}, SSM state {base['ssm_state_dtype']} "
+               f"in vLLM's KV-cache pages (block stride {ssm['stride'][0]} elements), prefill backend {backend}"
                + (f", {nspec} speculative tokens" if nspec else ""))
     uncovered.append("full-attention layers: FlashAttention / FlashInfer attention backends, not a Triton JIT family")
     return FamilyCoverage("gdn", "planned", summary, kernels, uncovered=uncovered), items
+
+
+def _plan_checkpoint_export(facts: dict, nspec: int, add, kernels: list[KernelCoverage]) -> None:
+    """``store_cache_checkpoints_kernel``: all constexprs but its pointers; the recurrent-rows pointer is a
+    slice after ``num_prefills + 1`` int64 starts, so an odd or even number of prefill sequences gives
+    a 16-byte aligned or unaligned pointer (two keys); batches with speculative sequences gather the
+    input rows (contiguous)."""
+    every = 64  # FlashInfer's checkpoint granularity (FLASHINFER_GDN_CHECKPOINT_ALIGNMENT); only sizes the grid
+    classes = []
+    variants = [(False, "")] + ([(True, "/spec-batch")] if nspec else [])
+    for gathered, tag in variants:
+        for seqs, parity in ((1, "odd"), (2, "even")):
+            add(f"gdn/checkpoint-export/{parity}-prefills{tag}", "gdn_checkpoint_export",
+                f"prefix-cache checkpoint export after FlashInfer prefill, {parity} number of prefill sequences "
+                f"(recurrent-rows pointer {'16-byte aligned' if parity == 'odd' else 'unaligned'})"
+                + (", input gathered (speculative batch)" if gathered else ""),
+                num_seqs=seqs, every_n_tokens=every, checkpoint_buffer=facts["checkpoint_buffer"], gathered=gathered)
+            classes.append(f"{parity} prefill sequences{tag and ' in batches with speculative sequences'}")
+    kernels.append(KernelCoverage("store_cache_checkpoints_kernel",
+                                  "every prefill that crosses a prefix-cache block (mamba cache mode align)", classes))
 
 
 def _batch_range(batches: list[int], serving: ServingArgs) -> str:

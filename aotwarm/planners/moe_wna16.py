@@ -51,8 +51,26 @@ def quant_scheme(spec: ModelSpec) -> dict | None:
     return None
 
 
+def vllm_experts_choice(serving: ServingArgs) -> list[dict] | None:
+    """The experts' method and backend vLLM itself chose (``vllm_resolve``: the built MoE layers), or None
+    when the plan has no vLLM resolution."""
+    methods = (serving.vllm or {}).get("layer_methods")
+    if methods is None:
+        return None
+    return [m for m in methods if "Experts" in m["layer"] or "MoE" in m["layer"]]
+
+
 def backend_choice(scheme: dict, serving: ServingArgs) -> tuple[bool, str]:
-    """(runs the Triton kernel?, why) after vLLM 0.33 ``select_wna16_moe_backend``."""
+    """(runs the Triton kernel?, why): vLLM's own choice for the built MoE layers when the plan was resolved
+    by vLLM; otherwise the rules of vLLM 0.33 ``select_wna16_moe_backend`` (planner unit tests)."""
+    experts = vllm_experts_choice(serving)
+    if experts is not None:
+        said = "; ".join(f"{m['method']} ({', '.join(m['chosen']) or 'no backend attribute'}) on {m['count']} layers"
+                         for m in experts) or "no MoE layer"
+        if any(c.endswith("=TRITON") for m in experts for c in m["chosen"]):
+            return True, f"vLLM chose the Triton WNA16 experts: {said}"
+        return False, (f"vLLM chose {said}: not the Triton WNA16 kernel, nothing of this family to bundle "
+                       f"(vLLM's --moe-backend / --quantization change its choice; pass the same after --)")
     if scheme["method"] == "awq":
         return False, "vLLM 0.33 excludes the Triton WNA16 backend for the AutoAWQ layout (Marlin/Humming run it)"
     if scheme["desc_act"]:

@@ -1,5 +1,7 @@
 """Test environments only: make vLLM 0.33's fused-MoE package importable where vLLM's compiled
-extensions cannot load (vLLM 0.33 is built for torch 2.14; CI pins torch 2.13 CPU, the H100 has 2.11).
+extensions cannot load at all: next to a CPU-only torch (the Triton 3.6 test leg) or where they were
+not carried (the GPU test machine).  On the real stack (vLLM with its own torch 2.14 build) the
+compiled ops load — on a GPU-less machine against aotwarm's driver stand-in — and this does nothing.
 
 Put this folder on PYTHONPATH (tests that plan or build the MoE families do; so do GPU runs).
 Importing ``vllm.model_executor.layers.fused_moe`` pulls in two compiled pieces that no planned
@@ -21,8 +23,14 @@ import types
 CAPABILITY_QUERIES = ("cutlass_scaled_mm_supports_block_fp8",)
 
 
+def _real_ops_available() -> bool:
+    import torch
+
+    return torch.version.cuda is not None and importlib.util.find_spec("vllm._C_stable_libtorch") is not None
+
+
 def _install() -> None:
-    if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("vllm._C") is not None:
+    if importlib.util.find_spec("vllm") is None or _real_ops_available():
         return
     import torch
 
