@@ -1,38 +1,58 @@
 # aotwarm — two commands on a fresh machine:
-#   make bundle   build a real bundle: Qwen3.5-9B GDN kernels (fla-core 0.6) for an H100, without a GPU
-#   make test     run the test suite (CPU; GPU tests under tests/gpu/ are skipped without a GPU)
+#   make bundle   build a real bundle: Qwen3.5-9B's vLLM 0.33 GDN kernels for an H200, without a GPU
+#   make test     run the test suite on the serving stack (Triton 3.8), then the Triton 3.6 leg
+#
+# The serving stack is what a vLLM 0.33.0 image has: `pip install vllm==0.33.0` with its own
+# dependencies (torch 2.14.0, Triton 3.8.0, FlashInfer 0.7.2.post1).  vLLM's compiled ops load on a
+# GPU-less machine (against aotwarm's libcuda stand-in), so its config code runs here as in serving.
+# The second, lighter leg is Triton 3.6 (the GPU test machine's Triton) next to a CPU-only torch: the
+# Triton-level mechanics (keys, cache layout, launchers, autotune, bundles) through fla-core's kernels.
 
 PYTHON ?= python3
 VENV   ?= .venv
+VENV36 ?= .venv-triton36
 BIN     = $(VENV)/bin
-# The test environment pins triton 3.6.0 (the H100 machine's) so CPU and GPU results compare.
-# torch 2.13.0 is the CPU build; the kernels never run here, torch only builds tensors on the CPU.
-PINS    = torch==2.13.0 triton==3.6.0
-# vLLM 0.33's wheel requires torch 2.14; its Triton kernel sources run with the pinned torch/Triton,
-# so it is installed without dependencies next to the light packages its modules import.
+BIN36   = $(VENV36)/bin
 VLLM    = vllm==0.33.0
+# Triton 3.6 leg: torch 2.13.0 is the CPU build on this machine's disk; vLLM's Python sources only
+PINS36  = torch==2.13.0 triton==3.6.0
 
-.PHONY: setup bundle test test-gpu clean
+.PHONY: setup setup36 bundle test test38 test36 test-gpu clean
 
 $(BIN)/aotwarm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(PINS)
-	$(BIN)/pip install -q -e '.[fla,test,vllm-kernels]'
-	$(BIN)/pip install -q --no-deps $(VLLM)
+	$(BIN)/pip install -q $(VLLM)
+	$(BIN)/pip install -q -e '.[fla,test]'
+	@touch $@
+
+$(BIN36)/aotwarm: pyproject.toml
+	$(PYTHON) -m venv $(VENV36)
+	$(BIN36)/pip install -q --upgrade pip
+	$(BIN36)/pip install -q $(PINS36)
+	$(BIN36)/pip install -q -e '.[fla,test,vllm-kernels]'
+	$(BIN36)/pip install -q --no-deps $(VLLM)
 	@touch $@
 
 setup: $(BIN)/aotwarm
 
-bundle: setup
-	$(BIN)/aotwarm build Qwen/Qwen3.5-9B --gpu sm90 --engine fla -o caches/qwen35-9b.h100.tar.zst
-	$(BIN)/aotwarm inspect caches/qwen35-9b.h100.tar.zst
+setup36: $(BIN36)/aotwarm
 
-test: setup
+bundle: setup
+	$(BIN)/aotwarm build Qwen/Qwen3.5-9B --gpu h200 --engine vllm -o caches/qwen35-9b.h200.tar.zst
+	$(BIN)/aotwarm inspect caches/qwen35-9b.h200.tar.zst
+
+test: test38 test36
+
+test38: setup
 	$(BIN)/python -m pytest -q -ra
+
+test36: setup36
+	$(BIN36)/python -m pytest -q -ra -m "not slow"
+	$(BIN36)/python -m pytest -q -ra tests/test_build_compile.py
 
 test-gpu: setup
 	$(BIN)/python -m pytest -q -ra tests/gpu
 
 clean:
-	rm -rf $(VENV) caches/*.tar.zst caches/.aotwarm-work
+	rm -rf $(VENV) $(VENV36) caches/*.tar.zst caches/.aotwarm-work

@@ -188,13 +188,19 @@ def verify_tables(report) -> list:
         return out
     title = "PASSED: zero compiles" + (", zero autotune benchmarks" if report.expect_no_benchmarks else "") + \
         (", zero C compiler runs" if report.expect_no_c_builds else "")
-    s = Table(title="Verify " + (title if report.passed else "FAILED"))
-    for col in ("work items", "failed", "cache hits", "compiles (misses)", "autotune benchmarks", "C compiler runs",
-                "JIT keys outside the plan", "bundle entries unused", "seconds"):
-        s.add_column(col, justify="right")
-    s.add_row(*map(str, (report.items, len(report.failed_items), report.hits, len(report.misses), report.benchmarks,
-                         report.c_builds, len(report.unplanned_keys),
-                         f"{len(report.unused_entries)}/{report.bundle_entries}", report.seconds)))
+    s = Table(title="Verify " + (title if report.passed else "FAILED"), show_header=False)
+    s.add_column("figure", no_wrap=True)
+    s.add_column("value", overflow="fold")
+    unused = f"{len(report.unused_entries)} of {report.bundle_entries}"
+    if report.node_autotune_results:
+        unused += (f" ({report.node_autotune_results} autotune results were already on this node: those keys "
+                   f"load only their winning config)")
+    for row in (("work items", f"{report.items} ({len(report.failed_items)} failed)"),
+                ("cache hits", str(report.hits)), ("compiles (misses)", str(len(report.misses))),
+                ("autotune benchmarks", str(report.benchmarks)), ("C compiler runs", str(report.c_builds)),
+                ("JIT keys outside the plan", str(len(report.unplanned_keys))),
+                ("bundle entries unused", unused), ("seconds", str(report.seconds))):
+        s.add_row(*row)
     out.append(s)
     dg = report.deepgemm
     if dg.get("status") == "not-built":

@@ -43,6 +43,9 @@ class VerifyReport:
     unplanned_keys: list[str] = field(default_factory=list)
     bundle_entries: int = 0
     unused_entries: list[str] = field(default_factory=list)  # "kernel-name ENTRY" never loaded by the replay
+    # autotune results this node had already (not from the bundle): their keys compile only the winner,
+    # so the other configs' entries stay unused
+    node_autotune_results: int = 0
     seconds: float = 0.0
 
     deepgemm: dict = field(default_factory=dict)  # DeepGEMM replay: new kernels, compiler calls (must be 0)
@@ -163,6 +166,9 @@ def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) ->
             on_result(res)
 
     counts = manifest["autotune"]["counts"]
+    shipped = {r["disk_key"] for r in manifest["autotune"]["results"] if r.get("provenance") != "node"}
+    report.node_autotune_results = sum(1 for p in (Path(dest) / "triton").glob("*/*.autotune.json")
+                                       if p.parent.name not in shipped)
     report.expect_no_benchmarks = counts["node"] == 0
     report.expect_no_c_builds = manifest["launchers"]["included"]
     env = {**os.environ, **engine_env(dest, manifest)}

@@ -15,6 +15,23 @@ QWEN35_9B = FIXTURES / "Qwen--Qwen3.5-9B.json"
 QWEN35_35B = FIXTURES / "Qwen--Qwen3.5-35B-A3B.json"
 
 
+def vllm_stack_available() -> bool:
+    """vLLM with its compiled ops loadable (next to the CUDA build of torch it was built for): the
+    serving stack.  The Triton 3.6 leg has vLLM's Python sources next to a CPU-only torch instead."""
+    import importlib.util
+
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.version.cuda is not None and importlib.util.find_spec("vllm._C_stable_libtorch") is not None
+
+
+requires_vllm_stack = pytest.mark.skipif(
+    not vllm_stack_available(),
+    reason="needs the serving stack (vLLM 0.33 with its own torch, so vLLM's config code runs): `make test38`")
+
+
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m aotwarm ARGS`` in a fresh process (exit codes and stderr as a user sees them)."""
     return subprocess.run([sys.executable, "-m", "aotwarm", *args], capture_output=True, text=True,

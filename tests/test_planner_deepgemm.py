@@ -19,7 +19,7 @@ from aotwarm.model import load_model
 from aotwarm.plan import ServingArgs
 from aotwarm.planners import make_plan
 from aotwarm.targets import resolve_target
-from tests.conftest import run_cli
+from tests.conftest import requires_vllm_stack, run_cli
 from tests.test_planner_moe_vllm import CONFIGS, engine_info
 
 QWEN3_8B = CONFIGS / "Qwen--Qwen3-8B-FP8.json"
@@ -95,6 +95,7 @@ def test_tp_that_does_not_divide_is_a_one_line_error():
         dg_plan(QWEN3_8B, tp=3)
 
 
+@requires_vllm_stack
 def test_gpu_less_build_bundles_the_rest_and_says_deepgemm_was_not_built(tmp_path):
     bundle = tmp_path / "b.tar.zst"
     proc = run_cli("build", str(QWEN3_8B), "--gpu", "sm90", "--engine", "vllm", "--family", "deepgemm",
@@ -163,6 +164,7 @@ def _plan_json(folder, tmp_path):
     return proc, (json.loads(out.read_text()) if out.exists() else None)
 
 
+@requires_vllm_stack
 def test_checkpoint_headers_confirm_the_shapes(tmp_path):
     proc, plan = _plan_json(_checkpoint(tmp_path / "m"), tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -170,6 +172,7 @@ def test_checkpoint_headers_confirm_the_shapes(tmp_path):
     assert "shapes checked against safetensors headers" in fam["summary"] and len(plan["items"]) == 4
 
 
+@requires_vllm_stack
 def test_checkpoint_projection_kept_in_bf16_is_not_planned(tmp_path):
     folder = _checkpoint(tmp_path / "m", dtype_of=lambda kind: "BF16" if kind == "self_attn.o_proj" else "F8_E4M3")
     proc, plan = _plan_json(folder, tmp_path)
@@ -179,12 +182,14 @@ def test_checkpoint_projection_kept_in_bf16_is_not_planned(tmp_path):
     assert any("o_proj: stored unquantized in the checkpoint" in u for u in fam["uncovered"])
 
 
+@requires_vllm_stack
 def test_checkpoint_shape_that_disagrees_with_the_config_is_a_one_line_error(tmp_path):
     proc, plan = _plan_json(_checkpoint(tmp_path / "m", shape_of={"self_attn.q_proj": [2048, 4096]}), tmp_path)
     assert proc.returncode == 2 and plan is None
     assert "config and the weights disagree" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@requires_vllm_stack
 def test_corrupt_safetensors_header_is_a_one_line_error(tmp_path):
     folder = _checkpoint(tmp_path / "m")
     (folder / "model.safetensors").write_bytes(b"\xff" * 8 + b"{}")

@@ -10,9 +10,10 @@ vLLM's own code exactly as a serving process does, in order:
 2. the model loader's ``create_model`` (every CUDA allocation on ``meta``): the layers as vLLM builds
    them, with their backend choices (attention, GDN prefill and decode kernels);
 3. ``Platform.update_block_size_for_backend``: block size, mamba block size and page padding;
-4. ``get_kv_cache_spec``, ``resolve_kv_cache_layout``, ``get_kv_cache_configs``,
-   ``allocate_kv_cache`` (on ``meta``) and each layer's ``bind_kv_cache``: the state tensors every
-   Gated DeltaNet kernel receives, with vLLM's strides (they are constexprs of those kernels).
+4. ``EngineCore._initialize_kv_caches`` (KV-cache specs, layout, groups, block sizes, prefix-cache
+   granularity, adopted by ``Worker.initialize_from_config``), then ``allocate_kv_cache`` (on
+   ``meta``) and each layer's ``bind_kv_cache``: the state tensors every Gated DeltaNet kernel
+   receives, with vLLM's strides (they are constexprs of those kernels).
 
 Its answer (``decide()``) is JSON: the resolved serving config and, per kernel family, the facts
 the planners need.  Nothing here re-derives a vLLM rule; where a value is read from a layer it is the

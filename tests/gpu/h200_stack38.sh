@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU machine of our workplace (H200, torch 2.11, Triton 3.6, no network) made into the serving stack's
+# Triton: Triton 3.8.0 and vLLM 0.33.0's sources carried in (see docs/benchmarks.md, "How the H200 runs were made").
+#
+#   Each carrying call copies what it carried into $CARRY (/tmp/carry; it stays while the machine is warm):
+#     triton38/p1, p2      Triton 3.8.0 wheel parts (../shared/tools/pack-triton.sh 3.8.0)
+#     whl/*.whl            vLLM's pure-Python needs the machine lacks, fla-core, zstandard (cp312)
+#     vllm/vllm-src.tar.xz vLLM 0.33.0's files without its compiled ops (and without vllm-rs, DeepGEMM, fmha)
+#     vllmso/_C_stable_libtorch.abi3.so.xz   vLLM's compiled ops (they load with torch 2.11)
+#     tools/unpack-triton.py
+#   usage: source tests/gpu/h200_stack38.sh   (sets PYTHONPATH; unpacks once per machine)
+CARRY=${CARRY:-/tmp/carry}
+set -e
+if [ ! -d /tmp/t38/triton ]; then
+  python3 $CARRY/tools/unpack-triton.py $CARRY/triton38 /tmp/t38
+fi
+if [ ! -d /tmp/site/vllm ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site $CARRY/whl/*.whl
+  tar -xJf $CARRY/vllm/vllm-src.tar.xz -C /tmp/site
+  if [ -f $CARRY/vllmso/_C_stable_libtorch.abi3.so.xz ]; then
+    xz -dc $CARRY/vllmso/_C_stable_libtorch.abi3.so.xz > /tmp/site/vllm/_C_stable_libtorch.abi3.so
+  fi
+fi
+export PYTHONPATH=/tmp/t38:/tmp/site:$PWD
+export PYTHONUNBUFFERED=1
+python3 -c "import sys, torch, triton, vllm; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'vllm', vllm.__version__, torch.cuda.get_device_name(0))"
+set +e
