@@ -28,9 +28,16 @@ def plan_build_install(name: str, model: str, plan_args: list[str], tmp_path_fac
     evidence, install the bundle into another directory; returns (bundle, plan, install dir)."""
     from tests.gpu.test_end_to_end_gdn import aotwarm
 
+    import pytest
+
     build = tmp_path_factory.mktemp(f"builder-{name}")
     bundle, plan = build / "bundle.tar.zst", build / "plan.json"
-    aotwarm("plan", model, "--gpu", "sm90", "--engine", "vllm", *plan_args, "-o", str(plan), "--json", env=build_env)
+    planned = aotwarm("plan", model, "--gpu", "sm90", "--engine", "vllm", *plan_args, "-o", str(plan), "--json",
+                      env=build_env, check=False)
+    if planned.returncode == 3:  # vLLM's config code cannot run on this machine (not the serving stack)
+        pytest.skip("vLLM plans are made on the serving stack (vLLM's config code runs there, not on this "
+                    "GPU machine): " + planned.stderr.strip().splitlines()[-1])
+    assert planned.returncode == 0, planned.stderr[-3000:]
     built = aotwarm("build", "--plan", str(plan), "-o", str(bundle), "--json", *build_args, env=build_env)
     evidence(f"build-{name}.json", built.stdout)
     keep_file(bundle, f"bundle-{name}.tar.zst")
