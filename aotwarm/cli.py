@@ -222,10 +222,12 @@ def _default_output(model: str, target: str) -> Path:
               help="Ship unmeasured results that pin the engine's first config (recorded as pinned).")
 @click.option("--add", "add_deepgemm", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Take the DeepGEMM part from this bundle (built from the same plan on a GPU node).")
+@click.option("--from-record", "record_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Compile exactly the Triton keys an `aotwarm record` saw (with --gpu; merged into --plan if given).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def build(model, plan_file, output, keep_going, work_dir, item_timeout, launchers, tune, tuning_from, pin_autotune,
-          add_deepgemm, as_json, **opts) -> None:
+          add_deepgemm, record_file, as_json, **opts) -> None:
     """Compile every planned kernel in child processes and write a bundle.
 
     Triton kernels need no GPU.  DeepGEMM kernels (FP8 block models) need a GPU of the target kind:
@@ -245,7 +247,19 @@ def build(model, plan_file, output, keep_going, work_dir, item_timeout, launcher
     signal.signal(signal.SIGTERM, _interrupt)
     if plan_file and model:
         raise BadInput("give either MODEL or --plan, not both")
-    if plan_file:
+    if record_file:
+        from .record.fold import plan_from_record
+        from .record.recordfile import read_record
+        from .targets import resolve_target
+
+        if model:
+            raise BadInput("--from-record builds the recorded keys (and --plan's items): give no MODEL")
+        if not opts["gpu"]:
+            raise BadInput("--from-record needs --gpu: the target the recorded keys are rebuilt for")
+        p = plan_from_record(read_record(record_file), resolve_target(opts["gpu"], opts["num_sms"]),
+                             Plan.read(plan_file) if plan_file else None)
+        output = output or Path("caches") / f"record.{p.target['key']}.tar.zst"
+    elif plan_file:
         p = Plan.read(plan_file)
     elif model:
         p = _make_plan(model, opts, as_json)
@@ -367,3 +381,67 @@ def verify(bundle: Path, dest: Path, item_timeout: int, as_json: bool) -> None:
         for t in verify_tables(report):
             console().print(t)
     sys.exit(EXIT_OK if report.passed else EXIT_FAILED)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The record (JSON).")
+@click.option("--bundle", "bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Run against this bundle, installed in --dir (its environment is set for the command).")
+@click.option("--dir", "dest", type=click.Path(file_okay=False, path_type=Path), help="Where --bundle is installed.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+              help="Stop the command (SIGTERM to its process group) after this many seconds.")
+@click.option("--ready-pattern", default=None,
+              help="Regular expression of the output line that means the engine is ready (default: vLLM's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (the command's output still passes through).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@handle_errors
+def record(output, bundle, dest, duration, ready_pattern, as_json, command) -> None:
+    """Run COMMAND and record every JIT compile of every Python process it starts (exit 0: zero compiles)."""
+    from .errors import BadInput
+    from .record import run as record_run
+    from .record.recordfile import summarize
+    from .render import console, record_table
+
+    env: dict = {}
+    bundle_info = None
+    if bundle or dest:
+        if not (bundle and dest):
+            raise BadInput("--bundle and --dir go together: the bundle, and where it is installed")
+        from .bundle import read_manifest
+        from .fsutil import sha256_file
+        from .install import engine_env, installed_manifest
+
+        manifest = read_manifest(bundle)
+        if installed_manifest(dest, sha256_file(bundle)) is None:
+            raise BadInput(f"{bundle} is not installed in {dest}: run `aotwarm install {bundle} --dir {dest}` first")
+        env = engine_env(dest, manifest)
+        bundle_info = {"path": str(bundle), "dir": str(dest), "plan_hash": manifest["plan_hash"]}
+    rec = record_run.run(list(command), output, env, duration, ready_pattern or record_run.READY, bundle_info)
+    summary = summarize(rec)
+    if as_json:
+        _emit_json({"record": str(output), "summary": {**summary.__dict__, "zero_compiles": summary.zero_compiles},
+                    "exit_code": rec["exit_code"], "stopped_by": rec["stopped_by"]})
+    else:
+        console(stderr=True).print(record_table(rec, summary, str(output)))
+    sys.exit(EXIT_OK if summary.zero_compiles else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("record_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def diff(record_file, bundle, as_json) -> None:
+    """What a record compiled that BUNDLE does not hold, with the closest planned key (exit 0: nothing)."""
+    from .bundle import read_manifest
+    from .record.diff import diff as do_diff
+    from .record.recordfile import read_record
+    from .render import console, diff_tables
+
+    report = do_diff(read_record(record_file), read_manifest(bundle))
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        for t in diff_tables(report):
+            console().print(t)
+    sys.exit(EXIT_OK if not report.missing else EXIT_FAILED)

@@ -237,3 +237,52 @@ def _list_table(title: str, column: str, rows: list[str]) -> Table:
     for row in rows:
         t.add_row(row)
     return t
+
+
+def record_table(record: dict, summary, path: str) -> Table:
+    """One row per figure of a record (``aotwarm record``)."""
+    t = Table(title=f"Record → {path}", show_header=False)
+    t.add_column("figure", no_wrap=True)
+    t.add_column("value", overflow="fold")
+    phases: dict[str, int] = {}
+    for e in record["events"]:
+        if e["ev"] == "triton_compile" and not e.get("cache_hit"):
+            phases[e.get("phase", "run")] = phases.get(e.get("phase", "run"), 0) + 1
+    ready = record.get("ready")
+    rows = [
+        ("command", " ".join(record["command"])[:300]),
+        ("ended", f"{record['stopped_by']}, exit code {record['exit_code']}, "
+                  f"{record['ended'] - record['started']:.1f} s"),
+        ("engine ready", f"after {ready['at'] - record['started']:.1f} s" if ready else "no ready line seen"),
+        ("processes", str(summary.processes)),
+        ("Triton compiles", f"{summary.compiles} (" + ", ".join(f"{n} {p}" for p, n in sorted(phases.items()))
+                            + f"), {summary.hits} disk hits" if summary.compiles else f"0, {summary.hits} disk hits"),
+        ("autotune keys tuned", str(summary.autotune_tuned)),
+        ("C compiler runs", str(summary.c_builds)),
+        ("CuTe DSL compiles", str(summary.cute_compiles)),
+        ("DeepGEMM / FlashInfer builds", f"{summary.deepgemm_new} / {summary.flashinfer_new}"),
+        ("verdict", "zero compiles" if summary.zero_compiles else "compiled on this run"),
+    ]
+    if record.get("bundle"):
+        rows.insert(1, ("against bundle", f"{record['bundle']['path']} in {record['bundle']['dir']}"))
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
+def diff_tables(report) -> list:
+    head = Table(title=f"Diff: {report.recorded} recorded keys, {report.held} in the bundle, "
+                       f"{len(report.missing)} missing", show_header=False)
+    head.add_column("what", no_wrap=True)
+    head.add_column("value", overflow="fold")
+    if not report.missing:
+        head.add_row("missing", "none: every recorded compile key is in the bundle")
+    for m in report.missing:
+        why = "; ".join(m.differences) if m.differences else (
+            "no planned key for this kernel" if m.closest is None else "same specialization: options or environment differ")
+        head.add_row(f"{m.kernel} ({'compiled' if m.compiled else 'loaded'}, {m.phase})", f"{m.entry[:16]}…: {why}")
+    out = [head]
+    if report.not_triton:
+        out.append(_list_table("Built by the recorded command, not Triton (not held by a Triton bundle)", "what",
+                               report.not_triton))
+    return out

@@ -82,12 +82,16 @@ def detect_engine(name: str) -> EngineInfo:
     return module.detect()
 
 
+# op namespaces that are not engines: recompiles of recorded keys (aotwarm record / build --from-record)
+OTHER_OPS = {"record": "aotwarm.record.recompile"}
+
+
 def resolve_op(op: str) -> Callable[..., Any]:
     """Map an op name like ``fla.gdn_chunk_prefill`` to its function."""
     engine, _, fn = op.partition(".")
-    if engine not in ENGINES or not fn:
+    if (engine not in ENGINES and engine not in OTHER_OPS) or not fn:
         raise BadInput(f"unknown op {op!r} in plan")
-    module = importlib.import_module(f"aotwarm.engines.{engine}")
+    module = importlib.import_module(OTHER_OPS.get(engine, f"aotwarm.engines.{engine}"))
     func = getattr(module, "OPS", {}).get(fn)
     if func is None:
         raise BadInput(f"unknown op {op!r} in plan (engine {engine} has {', '.join(sorted(getattr(module, 'OPS', {})))})")

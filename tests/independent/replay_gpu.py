@@ -23,8 +23,14 @@ def main(argv: list[str]) -> int:
     from triton.runtime.autotuner import Autotuner
 
     events: list[tuple[str, bool]] = []
-    knobs.compilation.listener = lambda *, src, metadata, metadata_group, times, cache_hit: events.append(
-        (metadata["name"], bool(cache_hit)))
+    previous = knobs.compilation.listener  # e.g. `aotwarm record`'s, when this runs recorded
+
+    def listener(*, src, metadata, metadata_group, times, cache_hit):
+        events.append((metadata["name"], bool(cache_hit)))
+        if previous is not None:
+            previous(src=src, metadata=metadata, metadata_group=metadata_group, times=times, cache_hit=cache_hit)
+
+    knobs.compilation.listener = listener
     benchmarks: list[str] = []
     bench = Autotuner._bench
 
