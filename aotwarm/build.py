@@ -275,7 +275,7 @@ def _launcher_setup(wanted: bool, work_dir: Path) -> tuple[dict[str, str], str]:
     problem = builder_problem()
     if problem is None:
         try:
-            stub = libcuda_dir(work_dir)
+            stub = libcuda_dir()
         except LaunchersUnavailable as err:
             problem = str(err)
     if problem is not None:

@@ -64,8 +64,8 @@ def node_cuda_utils_entry() -> tuple[str | None, str]:
     from triton.backends.nvidia import driver as nvidia_driver
     from triton.runtime import build as triton_build
 
-    try:
-        libcuda = nvidia_driver.libcuda_dirs()
+    try:  # not Triton's process-wide cache of it: this machine's folders now
+        libcuda = getattr(nvidia_driver.libcuda_dirs, "__wrapped__", nvidia_driver.libcuda_dirs)()
     except Exception as err:  # Triton asserts when neither TRITON_LIBCUDA_PATH nor ldconfig knows the driver
         return None, (f"this machine's libcuda.so.1 folder is unknown ({str(err).splitlines()[0]}): install on "
                       f"the GPU node, or set TRITON_LIBCUDA_PATH to the driver's folder here and when serving")
@@ -108,18 +108,18 @@ def _ldconfig_has_libcuda() -> bool:
     return "libcuda.so.1" in out
 
 
-def libcuda_dir(work_dir: Path) -> str | None:
+def libcuda_dir() -> str | None:
     """A directory holding a ``libcuda.so.1`` to link against (None: Triton finds the driver's own).
 
-    On a GPU-less builder it is ``driverstub``'s stand-in (built into ``work_dir``)."""
+    On a GPU-less builder it is ``driverstub``'s stand-in, in the user's cache folder."""
     if os.environ.get("TRITON_LIBCUDA_PATH"):
         return os.environ["TRITON_LIBCUDA_PATH"]
     if _ldconfig_has_libcuda():
         return None
     from .driverstub import StubUnavailable, build_stub
 
-    try:
-        return str(build_stub([], where=work_dir))
+    try:  # one stand-in per machine: Triton 3.8 keys cuda_utils by its folder, so builds stay byte-identical
+        return str(build_stub([]))
     except StubUnavailable as err:
         raise LaunchersUnavailable(str(err))
 

@@ -68,12 +68,10 @@ def test_two_builds_are_byte_identical_and_a_rerun_resumes(built):
 
 
 def test_install_elsewhere_rewrites_every_group_file(built, tmp_path, monkeypatch):
-    from aotwarm.launchers import libcuda_dir
-
     tmp, _, out = built
     dest = tmp_path / "serving" / "node"
     # a node whose driver lives in this folder (Triton 3.8 keys cuda_utils by it)
-    monkeypatch.setenv("TRITON_LIBCUDA_PATH", libcuda_dir(tmp_path) or "")
+    monkeypatch.setenv("TRITON_LIBCUDA_PATH", str(tmp_path / "driver"))
     res = install(tmp / "a.tar.zst", dest)
     assert res.notes == []
     groups = list((dest / "triton").glob("*/__grp__*.json"))
@@ -105,12 +103,11 @@ def test_launchers_cover_every_signature_without_a_c_compiler(built, tmp_path):
     import os
     import sys
 
-    from aotwarm.launchers import libcuda_dir
     from aotwarm.pool import PoolOptions, Task, run_tasks
 
     tmp, plan, _ = built
     dest = tmp_path / "node"
-    driver_dir = libcuda_dir(tmp_path) or ""
+    driver_dir = str(tmp_path / "driver")
     os.environ["TRITON_LIBCUDA_PATH"] = driver_dir  # the node's driver folder, at install and when serving
     try:
         install(tmp / "a.tar.zst", dest)

@@ -19,8 +19,12 @@ JIT_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusi
                "launch_pdl", "debug", "instrumentation_mode", "sanitize_overflow")
 
 
-def _module(p: dict) -> Any:
+def _module(p: dict, device: str) -> Any:
     name = p.get("module")
+    if name and name.split(".")[0] == "vllm":  # vLLM's kernel modules read its platform at import
+        from ..engines.vllm_platform import ensure_cuda_platform
+
+        ensure_cuda_platform(force=(device == "cpu"))
     if name and name != "__main__":
         return importlib.import_module(name)
     spec = importlib.util.spec_from_file_location("aotwarm_recorded_main", p["file"])
@@ -31,11 +35,11 @@ def _module(p: dict) -> Any:
     return module
 
 
-def jit_function(p: dict) -> Any:
+def jit_function(p: dict, device: str = "cpu") -> Any:
     """The recorded kernel's ``JITFunction``, checked against the recorded source identity."""
     from triton.runtime.jit import JITFunction
 
-    obj: Any = _module(p)
+    obj: Any = _module(p, device)
     for part in (p.get("qualname") or p["kernel"]).split("."):
         if part == "<locals>" or not hasattr(obj, part):
             raise RuntimeError(f"{p['kernel']} is not importable as {p.get('module')}.{p.get('qualname')} "
@@ -60,7 +64,7 @@ def triton_compile(p: dict, device: str) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = jit_function(p)
+    fn = jit_function(p, device)
     signature = {name: kind for name, kind in p["signature"]}
     constexprs = {tuple(path): _value(value) for path, value in p["constants"]}
     attrs = {tuple(path): value for path, value in p["attrs"]}
