@@ -150,7 +150,7 @@ def _kv_caches(vllm_config: Any, memory: int) -> tuple[dict, Any]:
     return views, config
 
 
-def _geometry(t: Any, base: Any = None) -> dict:
+def _geometry(t: Any) -> dict:
     """Shape, strides, dtype and byte offset of a tensor (the offset into its allocation)."""
     return {"shape": list(t.shape), "stride": list(t.stride()), "dtype": _dtype_name(t.dtype),
             "byte_offset": t.storage_offset() * t.element_size()}
