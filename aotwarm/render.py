@@ -29,11 +29,14 @@ def plan_tables(plan) -> list:
     out = []
     fam = Table(title=f"Plan {plan.hash[:12]} — {plan.model['source']['model']} on {plan.target['key']} "
                       f"({plan.target['name']}), engine {plan.engine['name']} {plan.engine['version']}")
-    for col in ("family", "status", "summary", "not covered by the bundle"):
+    for col in ("family", "status", "summary"):
         fam.add_column(col, overflow="fold")
     for f in plan.families:
-        fam.add_row(f.family, f.status, f.summary, "\n".join(f.uncovered) or "-")
+        fam.add_row(f.family, f.status, f.summary)
     out.append(fam)
+    gaps = [f"{f.family}: {u}" for f in plan.families for u in f.uncovered]
+    if gaps:
+        out.append(_list_table("Not covered by the bundle", "family: what and why", gaps))
     items = Table(title=f"{len(plan.items)} work items · {len(plan.probe.get('jit_keys', []))} JIT keys · "
                         f"{plan.probe.get('autotune_keys', 0)} autotune keys")
     for col in ("work item", "kernels (autotune configs)", "why"):
@@ -154,11 +157,15 @@ def inspect_tables(manifest: dict, path: str) -> list:
     for r in rows:
         head.add_row(*r)
     cov = Table(title="Coverage")
-    for col in ("family", "status", "work items", "summary", "not covered"):
+    for col in ("family", "status", "items", "summary"):
         cov.add_column(col, overflow="fold")
     for c in manifest["coverage"]:
-        cov.add_row(c["family"], c["status"], str(c["work_items"]), c["summary"], "\n".join(c["uncovered"]) or "-")
-    return [head, cov]
+        cov.add_row(c["family"], c["status"], str(c["work_items"]), c["summary"])
+    out = [head, cov]
+    gaps = [f"{c['family']}: {u}" for c in manifest["coverage"] for u in c["uncovered"]]
+    if gaps:
+        out.append(_list_table("Not covered by this bundle", "family: what and why", gaps))
+    return out
 
 
 def _deepgemm_line(dg: dict) -> str:
