@@ -6,7 +6,8 @@
 # dependencies (torch 2.14.0, Triton 3.8.0, FlashInfer 0.7.2.post1).  vLLM's compiled ops load on a
 # GPU-less machine (against aotwarm's libcuda stand-in), so its config code runs here as in serving.
 # The second, lighter leg is Triton 3.6 (the GPU test machine's Triton) next to a CPU-only torch: the
-# Triton-level mechanics (keys, cache layout, launchers, autotune, bundles) through fla-core's kernels.
+# Triton-level mechanics (keys, virtual device, per-signature launchers, autotune, bundles, recording)
+# through fla-core's kernels (LEG36).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,6 +17,8 @@ BIN36   = $(VENV36)/bin
 VLLM    = vllm==0.33.0
 # Triton 3.6 leg: torch 2.13.0 is the CPU build on this machine's disk; vLLM's Python sources only
 PINS36  = torch==2.13.0 triton==3.6.0
+LEG36   = tests/test_autotune_key.py tests/test_device.py tests/test_launchers.py tests/test_build_compile.py \
+          tests/test_bundle_install.py tests/test_record.py
 
 .PHONY: setup setup36 bundle test test38 test36 test-gpu clean
 
@@ -48,8 +51,7 @@ test38: setup
 	$(BIN)/python -m pytest -q -ra
 
 test36: setup36
-	$(BIN36)/python -m pytest -q -ra -m "not slow"
-	$(BIN36)/python -m pytest -q -ra tests/test_build_compile.py
+	$(BIN36)/python -m pytest -q -ra $(LEG36)
 
 test-gpu: setup
 	$(BIN)/python -m pytest -q -ra tests/gpu
