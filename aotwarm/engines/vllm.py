@@ -115,7 +115,7 @@ class _Layer:
         self.p, self.device = p, device
         self.hk, self.hv, self.k, self.v, self.w = (p["num_k_heads"], p["num_v_heads"], p["head_k_dim"],
                                                      p["head_v_dim"], p["conv_kernel"])
-        self.dtype, self.ssm_dtype, self.conv_dtype = torch_dtype(p["dtype"]), torch_dtype(p["ssm_state_dtype"]), torch_dtype(p["conv_state_dtype"])
+        self.dtype = torch_dtype(p["dtype"])  # the state dtypes are in p["state"], as vLLM bound them
         self.num_spec = p.get("num_spec", 0)
         self.qkv = 2 * self.hk * self.k + self.hv * self.v
         self.blocks = p.get("cache_blocks", 64)
