@@ -408,12 +408,10 @@ def record(output, bundle, dest, duration, ready_pattern, as_json, command) -> N
         if not (bundle and dest):
             raise BadInput("--bundle and --dir go together: the bundle, and where it is installed")
         from .bundle import read_manifest
-        from .fsutil import sha256_file
-        from .install import engine_env, installed_manifest
+        from .install import engine_env, require_installed
 
         manifest = read_manifest(bundle)
-        if installed_manifest(dest, sha256_file(bundle)) is None:
-            raise BadInput(f"{bundle} is not installed in {dest}: run `aotwarm install {bundle} --dir {dest}` first")
+        require_installed(bundle, dest)
         env = engine_env(dest, manifest)
         bundle_info = {"path": str(bundle), "dir": str(dest), "plan_hash": manifest["plan_hash"]}
     rec = record_run.run(list(command), output, env, duration, ready_pattern or record_run.READY, bundle_info)

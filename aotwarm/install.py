@@ -249,6 +249,12 @@ def _launcher_rekey(manifest: dict, notes: list[str]) -> dict[str, str | None]:
     return {entry: node_entry}
 
 
+def require_installed(bundle: Path, dest: Path) -> None:
+    """BadInput unless ``bundle`` (these exact bytes) is installed in ``dest``."""
+    if installed_manifest(dest, sha256_file(Path(bundle))) is None:
+        raise BadInput(f"{bundle} is not installed in {dest}: run `aotwarm install {bundle} --dir {dest}` first")
+
+
 def installed_manifest(dest: Path, bundle_sha: str) -> dict | None:
     try:
         return json.loads((Path(dest) / "triton" / RECORDS / f"{bundle_sha}.json").read_text())["manifest"]

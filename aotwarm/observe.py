@@ -41,8 +41,20 @@ class Observer:
         from triton.runtime import build as triton_build
         from triton.runtime.autotuner import Autotuner
 
-        knobs.compilation.listener = self._on_compile
-        knobs.runtime.jit_cache_hook = self._on_jit_miss
+        # chained: a listener installed before (e.g. `aotwarm record`'s) still sees every compile
+        previous_listener, previous_hook = knobs.compilation.listener, knobs.runtime.jit_cache_hook
+
+        def listener(**kwargs: Any) -> None:
+            self._on_compile(**kwargs)
+            if previous_listener is not None:
+                previous_listener(**kwargs)
+
+        def hook(**kwargs: Any) -> bool:
+            skip = self._on_jit_miss(**kwargs)
+            return bool(previous_hook(**kwargs)) or skip if previous_hook is not None else skip
+
+        knobs.compilation.listener = listener
+        knobs.runtime.jit_cache_hook = hook
         original_bench = Autotuner._bench
         benchmarks = self.benchmarks
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from .bundle import read_bundle
 from .errors import BadInput, Incompatible
-from .fsutil import sha256_file
-from .install import engine_env, installed_manifest
+from .install import engine_env, require_installed
 from .plan import Plan
 from .pool import PoolOptions, Task, run_tasks
 
@@ -133,9 +132,7 @@ def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) ->
 
     start = time.monotonic()
     manifest = read_bundle(bundle)
-    bundle_sha = sha256_file(Path(bundle))
-    if installed_manifest(dest, bundle_sha) is None:
-        raise BadInput(f"{bundle} is not installed in {dest}: run `aotwarm install {bundle} --dir {dest}` first")
+    require_installed(bundle, dest)
     gpu = _gpu_facts()
     report = VerifyReport(preflight=preflight(manifest, gpu))
     if report.preflight:

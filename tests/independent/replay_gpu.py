@@ -18,35 +18,9 @@ def main(argv: list[str]) -> int:
     recorded, cache_dir = json.loads(Path(argv[0]).read_text()), argv[1]
     os.environ["TRITON_CACHE_DIR"] = cache_dir
     os.environ["TRITON_CACHE_AUTOTUNING"] = "1"
-    from triton import knobs
-    from triton.runtime import build as triton_build
-    from triton.runtime.autotuner import Autotuner
+    from aotwarm.observe import Observer  # counts compiles (hit/miss), autotune benchmarks, C builds; chained
 
-    events: list[tuple[str, bool]] = []
-    previous = knobs.compilation.listener  # e.g. `aotwarm record`'s, when this runs recorded
-
-    def listener(*, src, metadata, metadata_group, times, cache_hit):
-        events.append((metadata["name"], bool(cache_hit)))
-        if previous is not None:
-            previous(src=src, metadata=metadata, metadata_group=metadata_group, times=times, cache_hit=cache_hit)
-
-    knobs.compilation.listener = listener
-    benchmarks: list[str] = []
-    bench = Autotuner._bench
-
-    def counting_bench(self, *args, config, **kwargs):
-        benchmarks.append(str(config))
-        return bench(self, *args, config=config, **kwargs)
-
-    Autotuner._bench = counting_bench
-    c_builds: list[str] = []
-    build = triton_build._build
-
-    def counting_build(name, *args, **kwargs):
-        c_builds.append(name)
-        return build(name, *args, **kwargs)
-
-    triton_build._build = counting_build
+    observer = Observer().install()
     import torch
 
     from tests.independent.launches import replay
@@ -58,11 +32,13 @@ def main(argv: list[str]) -> int:
     platform = ensure_cuda_platform()
     replayed = replay(recorded["recorded"], "cuda")
     torch.cuda.synchronize()
+    seen = observer.take()
+    compiles = seen["compiles"]
     print(json.dumps({"replayed": replayed, "recorded_forwards": recorded["calls"],
                       "recorded_launches": recorded["launches"], "vllm_platform": platform,
-                      "compiles": sum(not hit for _, hit in events), "hits": sum(hit for _, hit in events),
-                      "misses": sorted({n for n, hit in events if not hit}), "benchmarks": len(benchmarks),
-                      "c_builds": c_builds}))
+                      "compiles": sum(not c["cache_hit"] for c in compiles), "hits": sum(c["cache_hit"] for c in compiles),
+                      "misses": sorted({c["kernel"] for c in compiles if not c["cache_hit"]}),
+                      "benchmarks": len(seen["benchmarks"]), "c_builds": seen["c_builds"]}))
     return 0
 
 
