@@ -123,3 +123,23 @@ def test_a_record_from_another_triton_is_refused_with_the_reason(closed_loop, tm
     proc = run_cli("build", "--from-record", str(tmp_path / "other.json"), "--gpu", "h200", "-o",
                    str(tmp_path / "x.tar.zst"), env=ENV)
     assert proc.returncode == 3 and "triton_version 3.7.0" in proc.stderr and not (tmp_path / "x.tar.zst").exists()
+
+
+def test_triton_dtype_constexprs_are_recorded_and_rebuilt():
+    """vLLM's fused_moe_kernel takes compute_type=tl.bfloat16 as a constexpr: the record names the dtype, the
+    recompile rebuilds it, and diff reads keys that print it (triton.language.bfloat16)."""
+    import triton.language as tl
+
+    from aotwarm.record import diff, recompile
+    from aotwarm.record.inject import sitecustomize
+
+    assert sitecustomize._jsonable(tl.bfloat16) == {"tl_dtype": "bf16"}
+    assert recompile._value({"tl_dtype": "bf16"}) == tl.bfloat16
+    with pytest.raises(RuntimeError, match="does not have"):
+        recompile._value({"tl_dtype": "__import__('os')"})
+    with pytest.raises(RuntimeError, match="cannot be rebuilt"):
+        recompile._value({"repr": "<object>"})
+    mine = diff._parse("[('*bf16', 'D'), ('constexpr', triton.language.bfloat16), ('i32', 'D')]{'num_warps': 4}")
+    planned = diff._parse("[('*bf16', 'D'), ('constexpr', triton.language.float16), ('i32', '')]{'num_warps': 4}")
+    assert diff._describe(["c_ptr", "compute_type", "EM"], mine, planned) == [
+        "compute_type triton.language.bfloat16 vs planned triton.language.float16", "EM ('i32', 'D') vs planned ('i32', '')"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -34,12 +35,24 @@ class DiffReport:
         return asdict(self)
 
 
+def _literal(node: ast.AST) -> Any:
+    """A key's value: literals as themselves, names such as ``triton.language.bfloat16`` as their text."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.Tuple, ast.List)):
+        items = [_literal(e) for e in node.elts]
+        return tuple(items) if isinstance(node, ast.Tuple) else items
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
+        return -node.operand.value
+    return ast.unparse(node)
+
+
 def _parse(key: str) -> list | None:
     """The specialization list of an in-memory key ``[('*bf16', 'D'), ('constexpr', 8)]{options}``."""
     head = key[: key.rfind("]") + 1] if "]" in key else key
     try:
-        value = ast.literal_eval(head)
-    except (ValueError, SyntaxError):
+        value = _literal(ast.parse(head, mode="eval").body)
+    except (SyntaxError, ValueError, RecursionError):
         return None
     return value if isinstance(value, list) else None
 

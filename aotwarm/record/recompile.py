@@ -54,6 +54,12 @@ def jit_function(p: dict, device: str = "cpu") -> Any:
 
 
 def _value(v: Any) -> Any:
+    if isinstance(v, dict) and set(v) == {"tl_dtype"}:  # a Triton dtype passed as a constexpr
+        import triton.language as tl
+
+        if str(v["tl_dtype"]) not in tl.dtype.SINT_TYPES + tl.dtype.UINT_TYPES + tl.dtype.FP_TYPES + tl.dtype.OTHER_TYPES:
+            raise RuntimeError(f"the record names Triton dtype {v['tl_dtype']!r}, which this Triton does not have")
+        return tl.dtype(str(v["tl_dtype"]))
     if isinstance(v, dict):
         raise RuntimeError(f"a constexpr of this key cannot be rebuilt from the record ({v})")
     return tuple(v) if isinstance(v, list) else v

@@ -45,7 +45,11 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     key = getattr(value, "cache_key", None)  # a JIT function passed as a constexpr
-    return {"cache_key": key} if isinstance(key, str) else {"repr": str(value)}
+    if isinstance(key, str):
+        return {"cache_key": key}
+    if type(value).__module__.startswith("triton.language") and type(value).__name__ == "dtype":
+        return {"tl_dtype": str(value)}  # e.g. compute_type=tl.bfloat16 -> "bf16"
+    return {"repr": str(value)}
 
 
 def _path_items(mapping):
