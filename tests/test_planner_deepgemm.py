@@ -58,13 +58,12 @@ def test_qwen3_8b_fp8_dense_shapes(tp, expected):
 
 
 def test_qwen3_30b_a3b_default_backend_states_the_experts_as_not_deepgemm():
-    """sm90, TP: vLLM 0.33 puts the FP8 block MoE on its Triton fused_moe_kernel: only attention is DeepGEMM."""
+    """Without vLLM's decisions the experts are not assumed to be DeepGEMM: only attention is (the fused-moe
+    tests show vLLM's own choice, TritonExperts on sm90 at TP)."""
     plan = dg_plan(QWEN3_30B, tp=2)
     # hidden 2048, 32 heads / 4 KV heads of 128: qkv (16 + 2*2)*128 = 2560, o K = 2048; no dense MLP
     assert {(n, k) for _, n, k, *_ in shapes(plan)} == {(2560, 2048), (2048, 2048)}
-    assert any("Triton fused_moe_kernel" in u for u in family(plan).uncovered)
-    ep = dg_plan(QWEN3_30B, tp=2, ep=2)
-    assert any("FlashInfer CUTLASS" in u for u in family(ep).uncovered)
+    assert any("vLLM's choice" in u for u in family(plan).uncovered)
 
 
 @pytest.mark.parametrize("tp, ep, w13, w2, bound", [

@@ -442,6 +442,13 @@ def shared_expert_gate(p: dict[str, Any], device: str) -> None:
     gate(x, weight, out)
 
 
+def fused_moe_experts(p: dict[str, Any], device: str) -> None:
+    """vLLM's modular MoE kernel of one layer kind at ``p["tokens"]`` tokens (``vllm_moe``)."""
+    from .vllm_moe import fused_moe_experts as run
+
+    run(p, device)
+
+
 def runtime_facts() -> dict:
     """Which vLLM platform answered the kernels' device queries (recorded in the manifest)."""
     from .vllm_platform import PLATFORM_CHOICE
@@ -471,4 +478,5 @@ OPS = {
     "gdn_checkpoint_export": gdn_checkpoint_export,
     "wna16_moe_gemm": wna16_moe_gemm,
     "shared_expert_gate": shared_expert_gate,
+    "fused_moe_experts": fused_moe_experts,
 }

@@ -13,7 +13,10 @@ vLLM's own code exactly as a serving process does, in order:
 4. ``EngineCore._initialize_kv_caches`` (KV-cache specs, layout, groups, block sizes, prefix-cache
    granularity, adopted by ``Worker.initialize_from_config``), then ``allocate_kv_cache`` (on
    ``meta``) and each layer's ``bind_kv_cache``: the state tensors every Gated DeltaNet kernel
-   receives, with vLLM's strides (they are constexprs of those kernels).
+   receives, with vLLM's strides (they are constexprs of those kernels);
+5. each MoE layer kind's ``process_weights_after_loading`` (vLLM's modular kernel: prepare/finalize and
+   the experts class its oracle chose), then that kernel's ``apply`` for every token count, key-only
+   (``vllm_moe``).
 
 Its answer (``decide()``) is JSON: the resolved serving config and, per kernel family, the facts
 the planners need.  Nothing here re-derives a vLLM rule; where a value is read from a layer it is the
@@ -221,6 +224,7 @@ def decide(model_dir: str, argv: list[str], target: Any) -> dict:
         backends = sorted({type(layer).__name__ + ":" + layer.get_attn_backend().get_name()
                            for layer in layers.values() if hasattr(layer, "get_attn_backend")})
         methods = _quant_methods(model)
+        moe = _moe_kinds(model, vc.scheduler_config.max_num_batched_tokens)
     cc, sc, pc, comp, mc = (vc.cache_config, vc.scheduler_config, vc.parallel_config, vc.compilation_config,
                             vc.model_config)
     spec = vc.speculative_config
@@ -256,7 +260,24 @@ def decide(model_dir: str, argv: list[str], target: Any) -> dict:
         "num_speculative_tokens": vc.num_speculative_tokens if spec else 0,
         "use_v2_model_runner": bool(getattr(vc, "use_v2_model_runner", False)),
     }
-    return {"argv": argv, "resolved": resolved, "gdn": gdn, "layer_methods": methods}
+    return {"argv": argv, "resolved": resolved, "gdn": gdn, "layer_methods": methods, "moe": moe}
+
+
+def _moe_kinds(model: Any, max_tokens: int) -> list[dict]:
+    """Each MoE layer kind's modular kernel as vLLM built it, and which JIT keys each token count M in
+    1..max_tokens reaches through it (``vllm_moe``)."""
+    from .vllm_moe import moe_facts, sweep
+
+    kinds = moe_facts(model)
+    for kind in kinds:
+        if "kernel" not in kind:
+            continue
+        try:
+            kind["sweep"] = sweep(kind, max_tokens)
+            kind["max_tokens"] = max_tokens
+        except Exception as err:  # noqa: BLE001 -- recorded: the plan states the kind as not covered, with this
+            kind["unswept"] = f"{type(err).__name__}: {_one_line(err)}"
+    return kinds
 
 
 def _quant_methods(model: Any) -> list[dict]:
@@ -338,7 +359,9 @@ def _cache_key(config_text: str, argv: list[str], target: dict, gpus: int) -> st
         record = importlib.metadata.distribution("vllm").read_text("RECORD") or ""
     except importlib.metadata.PackageNotFoundError:
         record = ""
-    parts = [record, Path(__file__).read_text(), Path(__file__).with_name("vllm_node.py").read_text(), config_text,
+    here = Path(__file__)
+    parts = [record, *(here.with_name(n).read_text() for n in (here.name, "vllm_node.py", "vllm_moe.py", "vllm_codec.py")),
+             config_text,
              json.dumps(argv), json.dumps(target, sort_keys=True), str(gpus), json.dumps(_vllm_env())]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 

@@ -119,16 +119,19 @@ def grouped_m_bound(max_tokens: int, top_k: int, local_experts: int, align: int 
 
 
 def _moe_choice(target: Target, serving: ServingArgs) -> tuple[bool, str]:
+    """Whether the FP8 MoE experts run DeepGEMM: vLLM's own experts class when the plan was resolved by
+    vLLM (``vllm_moe``), else the requested backend."""
+    kinds = (serving.vllm or {}).get("moe")
+    if kinds is not None:
+        chosen = sorted({k.get("experts", "?").rpartition(":")[2] for k in kinds})
+        if any("DeepGemm" in c for c in chosen):
+            return True, f"vLLM chose {', '.join(chosen)} for the MoE experts"
+        return False, (f"FP8 block MoE experts: vLLM chose {', '.join(chosen) or 'no experts class'} (not DeepGEMM; "
+                       "the fused-moe family plans what it launches) -- --moe-backend deep_gemm makes vLLM use DeepGEMM")
     if serving.moe_backend == "deep_gemm":
         return True, "DeepGEMM MoE backend requested (--moe-backend deep_gemm)"
-    if target.capability == (9, 0):
-        other = ("FlashInfer CUTLASS FP8 MoE" if serving.ep > 1 else "vLLM's Triton fused_moe_kernel (w8a8, 128x128 "
-                 "blocks)")
-        return False, (f"FP8 block MoE experts: vLLM 0.33 on sm90 prefers {other} over DeepGEMM "
-                       f"({'EP' if serving.ep > 1 else 'TP'}); that kernel is not planned by this aotwarm — "
-                       "--moe-backend deep_gemm plans the DeepGEMM experts (VLLM_MOE_USE_DEEP_GEMM=1)")
-    return False, ("FP8 block MoE experts: vLLM 0.33 on Blackwell prefers FlashInfer TRT-LLM / CUTLASS FP8 MoE (JIT "
-                   "outside this bundle) when FlashInfer is installed — --moe-backend deep_gemm plans DeepGEMM instead")
+    return False, ("FP8 block MoE experts: which kernel runs them is vLLM's choice; plan with vLLM installed to "
+                   "learn it (--moe-backend deep_gemm plans DeepGEMM)")
 
 
 def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: EngineInfo

@@ -1,0 +1,111 @@
+"""JSON form of the config objects vLLM builds for a layer (dataclasses, enums, named tuples, dtypes, tensor
+geometry), so a build worker can rebuild exactly the objects vLLM made during resolution.
+
+Only classes defined under ``vllm.`` are rebuilt, and only dataclasses, enums and named tuples among them:
+a plan is data, never code (nothing is unpickled or called by name beyond a class constructor).
+Tensors are recorded as geometry (shape, strides, dtype) and rebuilt as uninitialised tensors on the
+device asked for: config objects hold scales and maps whose layout, not content, reaches a kernel key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+from typing import Any
+
+from ..errors import BadInput
+
+ALLOWED_PREFIX = "vllm."
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def encode(value: Any) -> Any:
+    """``value`` as JSON-able data (raises TypeError for what it cannot describe)."""
+    import torch
+
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.dtype):
+        return {"__dtype__": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.device):
+        return {"__device__": str(value)}
+    if isinstance(value, torch.Tensor):
+        return {"__tensor__": {"shape": list(value.shape), "stride": list(value.stride()),
+                               "dtype": str(value.dtype).removeprefix("torch.")}}
+    if isinstance(value, enum.Enum):
+        return {"__enum__": _qualname(type(value)), "name": value.name}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"__dataclass__": _qualname(type(value)), "fields": fields}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return {"__namedtuple__": _qualname(type(value)), "items": [encode(v) for v in value]}
+    if isinstance(value, (list, tuple)):
+        return {"__list__": [encode(v) for v in value], "tuple": isinstance(value, tuple)}
+    if isinstance(value, dict):
+        return {"__dict__": [[encode(k), encode(v)] for k, v in value.items()]}
+    raise TypeError(f"cannot describe a {type(value).__module__}.{type(value).__qualname__} as data")
+
+
+def _class(name: str) -> type:
+    module, _, qual = name.partition(":")
+    if not module.startswith(ALLOWED_PREFIX):
+        raise BadInput(f"plan names class {name!r}: only vLLM's own config classes are rebuilt")
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError:
+        raise BadInput(f"plan names class {name!r}, whose module this vLLM does not have")
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+    if not isinstance(obj, type):
+        raise BadInput(f"plan names class {name!r}, which this vLLM does not define")
+    return obj
+
+
+def decode(data: Any, device: str = "cpu") -> Any:
+    """Rebuild what ``encode`` described (tensors uninitialised, on ``device``)."""
+    import torch
+
+    if data is None or isinstance(data, (bool, int, float, str)):
+        return data
+    if not isinstance(data, dict):
+        raise BadInput(f"malformed config data in plan: {type(data).__name__}")
+    if "__dtype__" in data:
+        dtype = getattr(torch, str(data["__dtype__"]), None)
+        if not isinstance(dtype, torch.dtype):
+            raise BadInput(f"plan names dtype {data['__dtype__']!r}, which torch does not have")
+        return dtype
+    if "__device__" in data:
+        return torch.device(str(data["__device__"]))
+    if "__tensor__" in data:
+        g = data["__tensor__"]
+        return torch.empty_strided(g["shape"], g["stride"], dtype=decode({"__dtype__": g["dtype"]}), device=device)
+    if "__enum__" in data:
+        cls = _class(data["__enum__"])
+        if not issubclass(cls, enum.Enum):
+            raise BadInput(f"plan names {data['__enum__']!r} as an enum")
+        return cls[data["name"]]
+    if "__dataclass__" in data:
+        cls = _class(data["__dataclass__"])
+        if not dataclasses.is_dataclass(cls):
+            raise BadInput(f"plan names {data['__dataclass__']!r} as a dataclass")
+        fields = {k: decode(v, device) for k, v in data["fields"].items()}
+        init = {f.name for f in dataclasses.fields(cls) if f.init}
+        obj = cls(**{k: v for k, v in fields.items() if k in init})
+        for k, v in fields.items():  # exactly the recorded state, whatever __post_init__ derived
+            object.__setattr__(obj, k, v)
+        return obj
+    if "__namedtuple__" in data:
+        cls = _class(data["__namedtuple__"])
+        if not (issubclass(cls, tuple) and hasattr(cls, "_fields")):
+            raise BadInput(f"plan names {data['__namedtuple__']!r} as a named tuple")
+        return cls(*(decode(v, device) for v in data["items"]))
+    if "__list__" in data:
+        items = [decode(v, device) for v in data["__list__"]]
+        return tuple(items) if data.get("tuple") else items
+    if "__dict__" in data:
+        return {decode(k, device): decode(v, device) for k, v in data["__dict__"]}
+    raise BadInput(f"malformed config data in plan: keys {sorted(data)}")
