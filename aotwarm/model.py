@@ -20,7 +20,8 @@ from .errors import BadInput
 
 # model_type of the text model -> family of layer layout it uses
 GDN_MODEL_TYPES = {"qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next"}
-DENSE_OR_MOE_TYPES = {"qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gpt_oss", "llama", "mistral"}
+DENSE_OR_MOE_TYPES = {"qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gpt_oss", "llama", "mistral",
+                      "deepseek_v3"}  # DeepSeek-V3 / Kimi-K2-style (MLA + MoE): planned from vLLM's own layers
 KNOWN_MODEL_TYPES = GDN_MODEL_TYPES | DENSE_OR_MOE_TYPES
 
 _DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32", "half": "float16",
@@ -172,7 +173,7 @@ def spec_from_config(config: dict) -> ModelSpec:
         gdn=gdn,
         mamba_ssm_dtype=text.get("mamba_ssm_dtype"),
         gdn_output_gate={"swish": "silu"}.get(str(text.get("output_gate_type", "silu")), str(text.get("output_gate_type", "silu"))),
-        num_experts=text.get("num_experts") or text.get("num_local_experts"),
+        num_experts=text.get("num_experts") or text.get("num_local_experts") or text.get("n_routed_experts"),
         num_experts_per_tok=text.get("num_experts_per_tok"),
         moe_intermediate_size=text.get("moe_intermediate_size"),
         shared_expert_intermediate_size=text.get("shared_expert_intermediate_size"),

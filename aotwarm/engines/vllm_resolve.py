@@ -224,6 +224,7 @@ def decide(model_dir: str, argv: list[str], target: Any) -> dict:
         backends = sorted({type(layer).__name__ + ":" + layer.get_attn_backend().get_name()
                            for layer in layers.values() if hasattr(layer, "get_attn_backend")})
         methods = _quant_methods(model)
+        linears = _fp8_linears(model)
         moe = _moe_kinds(model, vc.scheduler_config.max_num_batched_tokens)
     cc, sc, pc, comp, mc = (vc.cache_config, vc.scheduler_config, vc.parallel_config, vc.compilation_config,
                             vc.model_config)
@@ -260,7 +261,42 @@ def decide(model_dir: str, argv: list[str], target: Any) -> dict:
         "num_speculative_tokens": vc.num_speculative_tokens if spec else 0,
         "use_v2_model_runner": bool(getattr(vc, "use_v2_model_runner", False)),
     }
-    return {"argv": argv, "resolved": resolved, "gdn": gdn, "layer_methods": methods, "moe": moe}
+    return {"argv": argv, "resolved": resolved, "gdn": gdn, "layer_methods": methods, "moe": moe,
+            "fp8_linears": linears}
+
+
+def _fp8_linears(model: Any) -> list[dict]:
+    """Every FP8 linear layer kind as vLLM built it: the per-rank weight (N, K), whether vLLM's method sends it
+    to DeepGEMM (``use_deep_gemm``) and the kernel objects it chose (e.g. FlashInfer for small M with a
+    DeepGEMM fallback), with how many layers share it.  Layer names lose their index: ``layers.*.mlp.gate_up_proj``."""
+    import re
+
+    from vllm.utils.deep_gemm import should_use_deepgemm_for_fp8_linear
+
+    kinds: dict[tuple, dict] = {}
+    for name, module in model.named_modules():
+        method = getattr(module, "quant_method", None)
+        weight = getattr(module, "weight", None)
+        if method is None or not hasattr(method, "use_deep_gemm") or weight is None or weight.dim() != 2:
+            continue
+        kernel = getattr(method, "fp8_linear", None)
+        chain = [type(kernel).__name__] if kernel is not None else []
+        for attr in ("base", "fallback"):
+            part = getattr(kernel, attr, None)
+            if part is not None:
+                chain.append(f"{attr}={type(part).__name__}")
+        where = re.sub(r"\.\d+\.", ".*.", name)
+        out_dtype = getattr(method, "out_dtype", None) or weight.dtype
+        # the check vLLM's DeepGEMM linear kernel makes on every call (N % 64, K % 128, bf16 out, DeepGEMM usable)
+        runtime = bool(method.use_deep_gemm) and bool(should_use_deepgemm_for_fp8_linear(out_dtype, tuple(weight.shape)))
+        key = (where, int(weight.shape[0]), int(weight.shape[1]), runtime, tuple(chain))
+        kind = kinds.setdefault(key, {"layer": where, "module": type(module).__name__, "n": key[1], "k": key[2],
+                                      "weight_dtype": _dtype_name(weight.dtype), "use_deep_gemm": bool(method.use_deep_gemm),
+                                      "deepgemm": runtime, "out_dtype": _dtype_name(out_dtype),
+                                      "block": list(getattr(method, "weight_block_size", None) or []),
+                                      "kernel": list(chain), "count": 0})
+        kind["count"] += 1
+    return sorted(kinds.values(), key=lambda k: k["layer"])
 
 
 def _moe_kinds(model: Any, max_tokens: int) -> list[dict]:

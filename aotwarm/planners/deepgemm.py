@@ -134,6 +134,23 @@ def _moe_choice(target: Target, serving: ServingArgs) -> tuple[bool, str]:
                    "learn it (--moe-backend deep_gemm plans DeepGEMM)")
 
 
+def vllm_linear_shapes(linears: list[dict]) -> tuple[dict[tuple[int, int], list[str]], list[str]]:
+    """(N, K) -> layer names of the FP8 linears vLLM itself sends to DeepGEMM (``vllm_resolve._fp8_linears``:
+    the method's ``use_deep_gemm`` and the per-call shape check of vLLM's DeepGEMM kernel), and what it does not."""
+    names: dict[tuple[int, int], list[str]] = {}
+    said: list[str] = []
+    for kind in linears:
+        where = f"{kind['layer']} ({kind['count']} layers, N={kind['n']} K={kind['k']})"
+        if kind["deepgemm"]:
+            names.setdefault((kind["n"], kind["k"]), []).append(f"{kind['layer']} x{kind['count']}")
+        elif kind["use_deep_gemm"]:
+            said.append(f"{where}: vLLM's DeepGEMM kernel refuses this shape on every call (N % 64, K % 128 or "
+                        f"output dtype {kind['out_dtype']}); its fallback {', '.join(kind['kernel'])} runs it")
+        else:
+            said.append(f"{where}: vLLM runs it with {', '.join(kind['kernel']) or 'its FP8 method'}, not DeepGEMM")
+    return names, said
+
+
 def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: EngineInfo
                 ) -> tuple[FamilyCoverage, list[WorkItem]]:
     block = fp8_block_shape(spec)
@@ -151,16 +168,23 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
     if dtype != "bfloat16":
         return FamilyCoverage(FAMILY, "not-applicable", f"activations are {dtype}: vLLM 0.33 runs DeepGEMM only with "
                               "bf16 output (should_use_deepgemm_for_fp8_linear)"), []
-    if spec.text_model_type not in DENSE_TYPES:
-        why = (f"FP8 linears of {spec.text_model_type} (linear-attention / other projections) are not planned by this "
-               "aotwarm; they JIT DeepGEMM kernels on first use")
+    linears = (serving.vllm or {}).get("fp8_linears")
+    if linears is None and spec.text_model_type not in DENSE_TYPES:
+        why = (f"FP8 linears of {spec.text_model_type}: plan with vLLM 0.33 installed (--engine vllm) so vLLM's own "
+               "layers say which GEMMs go to DeepGEMM; without it only dense Qwen/Llama layouts are known")
         return FamilyCoverage(FAMILY, "not-covered", why, uncovered=[why]), []
     max_m = serving.max_num_batched_tokens
     items: list[WorkItem] = []
     kernels: list[KernelCoverage] = []
     uncovered: list[str] = []
     names: dict[tuple[int, int], list[str]] = {}  # layers with one (N, K) share its kernels
-    for name, n, k, parts in dense_shapes(spec, serving.tp):
+    headers = bool((spec.weights or {}).get("projections")) and spec.text_model_type in DENSE_TYPES
+    vllm_names: dict[tuple[int, int], list[str]] = {}
+    if linears is not None:
+        vllm_names, said = vllm_linear_shapes(linears)
+        if not headers:  # vLLM's layers decide; with checkpoint headers the checked config rule runs (below)
+            names, uncovered = vllm_names, said
+    for name, n, k, parts in (dense_shapes(spec, serving.tp) if linears is None or headers else ()):
         fp8, note = checkpoint_verdict(spec, name, parts)
         if note:
             uncovered.append(note)
@@ -170,10 +194,18 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
             uncovered.append(f"{name} N={n} K={k}: not DeepGEMM in vLLM 0.33 (needs N%64==0, K%128==0; CUTLASS runs it)")
             continue
         names.setdefault((n, k), []).append(name)
+    if headers and linears is not None and set(vllm_names) != set(names):
+        uncovered.append(f"the layers vLLM built send {sorted(vllm_names)} to DeepGEMM; the checkpoint headers "
+                         f"confirm {sorted(names)}: the checkpoint-confirmed shapes are planned")
     for (n, k), layer_names in names.items():
         items.append(WorkItem(f"deepgemm/fp8_gemm_nt/N{n}-K{k}", FAMILY, "vllm.deepgemm_fp8_gemm_nt",
                               {"n": n, "k": k, "m_first": 1, "m_last": max_m, "m_step": 1}, ", ".join(layer_names),
                               needs_gpu=True))
+    if items and serving.deep_gemm_e8m0:
+        uncovered.append("load-time UE8M0 requantization of the FP8 weights (vLLM's per_block_cast_to_fp8, a "
+                         "torch.compile(dynamic=True) function): an Inductor kernel compiled on each fresh node "
+                         "(seen by `aotwarm record` on the H200), not in this bundle -- Inductor's own cache "
+                         "(TORCHINDUCTOR_CACHE_DIR) holds it")
     if target.capability == (9, 0) and items:
         uncovered.append(f"dense FP8 linears at M < {FLASHINFER_BELOW} run FlashInfer's block-scale FP8 GEMM when the "
                          "installed FlashInfer provides fp8_blockscale_gemm_sm90 (VLLM_BLOCKSCALE_FP8_GEMM_FLASHINFER=1, "
@@ -216,8 +248,11 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
     if not items:
         return FamilyCoverage(FAMILY, "not-covered" if uncovered else "not-applicable",
                               "no GEMM of this model reaches DeepGEMM in vLLM 0.33", uncovered=uncovered), []
-    shapes_from = (f"shapes checked against {spec.weights['source']}" if (spec.weights or {}).get("projections")
-                   else (spec.weights or {}).get("source", "shapes from config.json (no checkpoint headers read)"))
+    if linears is not None and not headers:
+        shapes_from = "linears and per-rank shapes from the layers vLLM built"
+    else:
+        shapes_from = (f"shapes checked against {spec.weights['source']}" if (spec.weights or {}).get("projections")
+                       else (spec.weights or {}).get("source", "shapes from config.json (no checkpoint headers read)"))
     summary = (f"{len(items)} DeepGEMM shape(s) on {target.sm_name} ({target.num_sms} SMs), every M the engine can "
                f"produce up to {max_m} tokens, UE8M0 scales {'on' if serving.deep_gemm_e8m0 else 'off'} "
                f"(VLLM_USE_DEEP_GEMM_E8M0); {shapes_from}; {GPU_NOTE}")

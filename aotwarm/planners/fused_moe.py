@@ -82,6 +82,9 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
         kernels.extend(KernelCoverage(name, f"{who}: M 1..{kind['max_tokens']}", classes) for name in names)
         said.append(f"{who}: {keys} JIT keys over M 1..{kind['max_tokens']}, {len(groups)} key sets, "
                     f"{len(chosen)} token counts build them all")
+        said.append("routing not swept: vLLM's CUDA routers run its compiled top-k ops (topk_softmax / "
+                    "topk_sigmoid / grouped_topk); grouped_topk falls back to a torch.compile'd function for "
+                    "shapes its op refuses (an Inductor JIT, not in this bundle)")
     status = "planned" if items else ("not-covered" if uncovered else "not-applicable")
     return FamilyCoverage(FAMILY, status, "; ".join(said), kernels, uncovered=uncovered), items
 
