@@ -82,7 +82,7 @@ class KernelCoverage:
 @dataclass
 class FamilyCoverage:
     family: str
-    status: str  # "planned" | "not-applicable" | "not-covered"
+    status: str  # "planned" | "not-applicable" | "not-covered" | "stated" (engine-layers: statements only)
     summary: str
     kernels: list[KernelCoverage] = field(default_factory=list)
     uncovered: list[str] = field(default_factory=list)  # what this family's kernels need that the bundle lacks

@@ -225,6 +225,7 @@ def decide(model_dir: str, argv: list[str], target: Any) -> dict:
                            for layer in layers.values() if hasattr(layer, "get_attn_backend")})
         methods = _quant_methods(model)
         linears = _fp8_linears(model)
+        modules = _module_kinds(model)
         moe = _moe_kinds(model, vc.scheduler_config.max_num_batched_tokens)
     cc, sc, pc, comp, mc = (vc.cache_config, vc.scheduler_config, vc.parallel_config, vc.compilation_config,
                             vc.model_config)
@@ -262,7 +263,32 @@ def decide(model_dir: str, argv: list[str], target: Any) -> dict:
         "use_v2_model_runner": bool(getattr(vc, "use_v2_model_runner", False)),
     }
     return {"argv": argv, "resolved": resolved, "gdn": gdn, "layer_methods": methods, "moe": moe,
-            "fp8_linears": linears}
+            "fp8_linears": linears, "modules": modules}
+
+
+def _module_kinds(model: Any) -> list[dict]:
+    """Every module class in the model vLLM built, with how many there are, its bases (for the plan's layer
+    statement, ``planners/engine_layers.py``), whether it is a vLLM CustomOp and enabled for this config
+    (else torch.compile compiles its torch code into the graph), and its quant method."""
+    from vllm.model_executor.custom_op import CustomOp
+
+    kinds: dict[str, dict] = {}
+    for module in model.modules():
+        cls = type(module)
+        name = f"{cls.__module__}:{cls.__qualname__}"
+        kind = kinds.get(name)
+        if kind is None:
+            method = getattr(module, "quant_method", None)
+            kind = kinds[name] = {
+                "class": name, "count": 0, "children": len(list(module.children())),
+                "bases": [f"{b.__module__}:{b.__qualname__}" for b in cls.__mro__[1:]
+                          if b.__module__.startswith(("vllm.", "torch.nn.modules"))],
+                "custom_op": isinstance(module, CustomOp),
+                "enabled": bool(cls.enabled()) if isinstance(module, CustomOp) else None,
+                "quant_method": type(method).__name__ if method is not None else None,
+            }
+        kind["count"] += 1
+    return sorted(kinds.values(), key=lambda k: k["class"])
 
 
 def _fp8_linears(model: Any) -> list[dict]:
