@@ -62,7 +62,11 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
         who = (f"{kind['layers']} x {kind['layer'].rsplit('.', 2)[-2] if '.' in kind['layer'] else kind['layer']} "
                f"({kind['method']}, {kind['backend']}, {_short(kind.get('experts', '?'))})")
         if "unbuilt" in kind or "unswept" in kind:
-            reason = f"{who}: not covered: {kind.get('unbuilt') or kind.get('unswept')}"
+            experts = _short(kind.get("experts", "?"))
+            runs = ("FlashInfer's MoE, JIT-built FlashInfer CUDA modules (not built by this aotwarm)"
+                    if "FlashInfer" in experts else f"{experts}, which aotwarm cannot drive GPU-less")
+            reason = (f"{who}: not covered: vLLM runs {runs} ({kind.get('unbuilt') or kind.get('unswept')}); "
+                      f"`--moe-backend triton` makes vLLM run its Triton experts, which are planned")
             uncovered.append(reason)
             said.append(reason)
             continue

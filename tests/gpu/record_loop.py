@@ -39,6 +39,14 @@ def recorded_replay(out: Path, name: str, bundle: Path, dest: Path, launches: Pa
     return {"rc": proc.returncode, **summary_of(proc)["summary"]}
 
 
+def diff_summary(record: Path, bundle: Path, out: Path) -> dict:
+    """`aotwarm diff RECORD BUNDLE --json` written to OUT: exit code and "kernel: differences" per missing key."""
+    diff = aotwarm("diff", str(record), str(bundle), "--json")
+    out.write_text(diff.stdout)
+    return {"rc": diff.returncode, "missing": [f"{m['kernel']}: {'; '.join(m['differences'])}"
+                                               for m in json.loads(diff.stdout)["missing"]]}
+
+
 def build_install(plan: Path, bundle: Path, dest: Path, *extra: str) -> dict:
     built = aotwarm("build", "--plan", str(plan), "-o", str(bundle), "--json", *extra, env={"CUDA_VISIBLE_DEVICES": ""})
     if built.returncode != 0:
@@ -73,11 +81,7 @@ def main(argv: list[str]) -> int:
     partial.write(work / "partial.plan.json")
     result["partial_build"] = build_install(work / "partial.plan.json", work / "partial.tar.zst", work / "partial")
     result["partial_record"] = recorded_replay(out, "partial", work / "partial.tar.zst", work / "partial", launches)
-    diff = aotwarm("diff", str(out / "partial.record.json"), str(work / "partial.tar.zst"), "--json")
-    (out / "partial.diff.json").write_text(diff.stdout)
-    report = json.loads(diff.stdout)
-    result["diff"] = {"rc": diff.returncode, "missing": [f"{m['kernel']}: {'; '.join(m['differences'])}"
-                                                       for m in report["missing"]]}
+    result["diff"] = diff_summary(out / "partial.record.json", work / "partial.tar.zst", out / "partial.diff.json")
     result["closed_build"] = build_install(work / "partial.plan.json", work / "closed.tar.zst", work / "closed",
                                            "--from-record", str(out / "partial.record.json"), "--gpu",
                                            json.loads(plan.read_text())["target"]["key"])

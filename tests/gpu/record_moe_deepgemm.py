@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.gpu.record_loop import aotwarm, build_install, summary_of
+from tests.gpu.record_loop import aotwarm, build_install, diff_summary, summary_of
 
 
 def record(out: Path, name: str, bundle: Path, dest: Path, *command: str) -> dict:
@@ -59,11 +59,8 @@ def main(argv: list[str]) -> int:
     result["partial_build"] = build_install(work / "partial.plan.json", work / "partial.tar.zst", work / "partial")
     result["partial_record"] = record(out, "moe-partial", work / "partial.tar.zst", work / "partial",
                                       "-m", "tests.independent.moe_runs", "modular", str(moe_plan), "2026", "40")
-    diff = aotwarm("diff", str(out / "moe-partial.record.json"), str(work / "partial.tar.zst"), "--json")
-    (out / "moe-partial.diff.json").write_text(diff.stdout)
-    report = json.loads(diff.stdout)
-    result["diff"] = {"rc": diff.returncode, "missing": [f"{m['kernel']}: {'; '.join(m['differences'])}"
-                                                       for m in report["missing"]]}
+    result["diff"] = diff_summary(out / "moe-partial.record.json", work / "partial.tar.zst",
+                                  out / "moe-partial.diff.json")
     result["closed_build"] = build_install(work / "partial.plan.json", work / "closed.tar.zst", work / "closed",
                                            "--from-record", str(out / "moe-partial.record.json"), "--gpu",
                                            plan["target"]["key"])
