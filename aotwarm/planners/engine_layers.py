@@ -76,7 +76,8 @@ def _verdict(kind: dict, serving: ServingArgs, families: set[str]) -> tuple[str,
     if kind["class"].startswith("torch.nn.modules.container:"):
         return None
     if kind["class"].startswith("torch.nn.modules.") and kind["children"] == 0:
-        return f"{cls}: torch op ({INDUCTOR.split(':')[0]})", False
+        return (f"{cls}: torch op: torch's precompiled kernel when run eagerly, Inductor kernels (vLLM's compile "
+                f"cache, not this bundle) where torch.compile covers it"), False
     if kind["children"] > 0:
         return None  # a model/block container: its children are stated
     return f"{cls}: unclassified -- aotwarm does not know whether it JIT-compiles", False
