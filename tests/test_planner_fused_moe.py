@@ -119,3 +119,12 @@ def test_fp8_moe_keys_compile_gpu_less(tmp_path):
     summary = json.loads(proc.stdout)["summary"]
     assert summary["failed_items"] == 0 and summary["planned_jit_keys"] > 10
     assert summary["cache_entries"] == summary["planned_jit_keys"]
+
+
+@requires_vllm_stack
+def test_experts_vllm_runs_outside_triton_are_stated_with_what_runs():
+    """GPTQ int4 MoE: vLLM 0.33 picks its Humming experts (an NVRTC JIT) -- not swept, said so."""
+    plan = vllm_plan(CONFIGS / "Qwen--Qwen1.5-MoE-A2.7B-Chat-GPTQ-Int4.json", families=("fused-moe",))
+    fam = family(plan)
+    assert fam.status == "not-covered" and plan.items == []
+    assert "HummingIndexedExperts" in fam.uncovered[0] and "NVRTC" in fam.uncovered[0]

@@ -23,6 +23,12 @@ from ..targets import Target
 
 FAMILY = "fused-moe"
 OP = "vllm.fused_moe_experts"
+# experts classes aotwarm cannot sweep GPU-less, by what they run (the class name is vLLM's choice)
+OTHER_EXPERTS = (("FlashInfer", "FlashInfer's MoE: FlashInfer CUDA modules, JIT-built on first use (not built by "
+                                "this aotwarm)"),
+                 ("Humming", "Humming kernels: JIT-compiled with NVRTC on first use (not built by this aotwarm)"),
+                 ("Marlin", "Marlin: CUDA kernels precompiled in vLLM's wheel (no JIT)"),
+                 ("Cutlass", "CUTLASS: CUDA kernels precompiled in vLLM's wheel (no JIT)"))
 
 
 def _short(qualified: str) -> str:
@@ -63,10 +69,11 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
                f"({kind['method']}, {kind['backend']}, {_short(kind.get('experts', '?'))})")
         if "unbuilt" in kind or "unswept" in kind:
             experts = _short(kind.get("experts", "?"))
-            runs = ("FlashInfer's MoE, JIT-built FlashInfer CUDA modules (not built by this aotwarm)"
-                    if "FlashInfer" in experts else f"{experts}, which aotwarm cannot drive GPU-less")
+            runs = next((what for part, what in OTHER_EXPERTS if part in experts),
+                        f"{experts}, which aotwarm cannot drive GPU-less")
             reason = (f"{who}: not covered: vLLM runs {runs} ({kind.get('unbuilt') or kind.get('unswept')}); "
-                      f"`--moe-backend triton` makes vLLM run its Triton experts, which are planned")
+                      f"`--moe-backend triton` asks vLLM for its Triton experts (planned here) where vLLM supports "
+                      f"them for this checkpoint")
             uncovered.append(reason)
             said.append(reason)
             continue
