@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
-from . import EngineInfo, package_location, package_source_sha256, torch_dtype
+from . import EngineInfo, package_location, package_source_sha256, torch_dtype, vllm_moe
 
 SUPPORTED = ("0.33.",)
 ALLOW_ENV = "AOTWARM_ALLOW_ENGINE_VERSION"
@@ -442,13 +442,6 @@ def shared_expert_gate(p: dict[str, Any], device: str) -> None:
     gate(x, weight, out)
 
 
-def fused_moe_experts(p: dict[str, Any], device: str) -> None:
-    """vLLM's modular MoE kernel of one layer kind at ``p["tokens"]`` tokens (``vllm_moe``)."""
-    from .vllm_moe import fused_moe_experts as run
-
-    run(p, device)
-
-
 def runtime_facts() -> dict:
     """Which vLLM platform answered the kernels' device queries (recorded in the manifest)."""
     from .vllm_platform import PLATFORM_CHOICE
@@ -478,5 +471,5 @@ OPS = {
     "gdn_checkpoint_export": gdn_checkpoint_export,
     "wna16_moe_gemm": wna16_moe_gemm,
     "shared_expert_gate": shared_expert_gate,
-    "fused_moe_experts": fused_moe_experts,
+    "fused_moe_experts": vllm_moe.fused_moe_experts,  # vLLM's modular MoE kernel of one layer kind
 }

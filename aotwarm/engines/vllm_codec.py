@@ -19,6 +19,18 @@ from ..errors import BadInput
 ALLOWED_PREFIX = "vllm."
 
 
+def tensor_geometry(t: Any) -> dict:
+    """Shape, strides and dtype name of a tensor (what reaches a kernel key; not its contents)."""
+    return {"shape": list(t.shape), "stride": list(t.stride()), "dtype": str(t.dtype).removeprefix("torch.")}
+
+
+def empty_tensor(g: dict, device: str = "cpu") -> Any:
+    """An uninitialised tensor of ``tensor_geometry`` ``g`` on ``device``."""
+    import torch
+
+    return torch.empty_strided(g["shape"], g["stride"], dtype=decode({"__dtype__": g["dtype"]}), device=device)
+
+
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
@@ -34,8 +46,7 @@ def encode(value: Any) -> Any:
     if isinstance(value, torch.device):
         return {"__device__": str(value)}
     if isinstance(value, torch.Tensor):
-        return {"__tensor__": {"shape": list(value.shape), "stride": list(value.stride()),
-                               "dtype": str(value.dtype).removeprefix("torch.")}}
+        return {"__tensor__": tensor_geometry(value)}
     if isinstance(value, enum.Enum):
         return {"__enum__": _qualname(type(value)), "name": value.name}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -81,8 +92,7 @@ def decode(data: Any, device: str = "cpu") -> Any:
     if "__device__" in data:
         return torch.device(str(data["__device__"]))
     if "__tensor__" in data:
-        g = data["__tensor__"]
-        return torch.empty_strided(g["shape"], g["stride"], dtype=decode({"__dtype__": g["dtype"]}), device=device)
+        return empty_tensor(data["__tensor__"], device)
     if "__enum__" in data:
         cls = _class(data["__enum__"])
         if not issubclass(cls, enum.Enum):

@@ -26,14 +26,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .vllm_codec import decode, encode
+from .vllm_codec import decode, empty_tensor, encode, tensor_geometry
 
 # vLLM's compiled-op namespaces whose CUDA kernels MoE calls between its Triton launches
 OP_NAMESPACES = ("_C", "_moe_C")
-
-
-def _geometry(t: Any) -> dict:
-    return {"shape": list(t.shape), "stride": list(t.stride()), "dtype": str(t.dtype).removeprefix("torch.")}
 
 
 def _backend(method: Any) -> str:
@@ -83,8 +79,8 @@ def _one_kind(members: list[tuple[str, Any]]) -> dict:
         facts["kernel"] = {
             "moe_config": encode(experts.moe_config),
             "quant_config": encode(experts.quant_config),
-            "w13": _geometry(layer.w13_weight),
-            "w2": _geometry(layer.w2_weight),
+            "w13": tensor_geometry(layer.w13_weight),
+            "w2": tensor_geometry(layer.w2_weight),
             "activation": encode(layer.activation),
             "global_num_experts": int(layer.global_num_experts),
             "expert_map": encode(layer.expert_map),
@@ -170,8 +166,8 @@ class Experts:
     def _weight(self, g: dict):
         import torch
 
-        dtype = getattr(torch, g["dtype"])
-        w = torch.empty_strided(g["shape"], g["stride"], dtype=dtype, device=self.device)
+        w = empty_tensor(g, self.device)
+        dtype = w.dtype
         if self.device == "cpu":  # never written: never paged in
             return w
         if dtype.is_floating_point and dtype.itemsize > 1:
@@ -227,10 +223,3 @@ def fused_moe_experts(p: dict[str, Any], device: str) -> None:
 
     _setup(device)
     Experts(p["moe"], device).run(p["tokens"], seed=p.get("seed", 0))
-
-
-def equal_kernels(a: Any, b: Any) -> bool:
-    """Whether two experts objects carry the same config (the rebuilt one against vLLM's own)."""
-    return (type(a) is type(b) and encode(a.moe_config) == encode(b.moe_config)
-            and encode(a.quant_config) == encode(b.quant_config))
-
