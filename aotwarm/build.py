@@ -61,6 +61,7 @@ class BuildResult:
     autotune: list = field(default_factory=list)
     launcher_note: str = ""
     cuda_utils_entry: str = ""  # Triton >= 3.8: re-keyed for the node's paths by install
+    driver_launchers: set[str] = field(default_factory=set)  # cuda_utils built alone (a plan without Triton items)
     deepgemm: dict = field(default_factory=lambda: {"status": "none", "items": []})
 
     @property
@@ -73,7 +74,7 @@ class BuildResult:
 
     @property
     def launcher_entries(self) -> set[str]:
-        return {e for o in self.outcomes if o.ok for e in o.launchers}
+        return {e for o in self.outcomes if o.ok for e in o.launchers} | self.driver_launchers
 
     def summary(self) -> dict:
         ok = [o for o in self.outcomes if o.ok]
@@ -176,6 +177,8 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
         raise BuildIncomplete(f"work item {first.id} failed: {first.error} ({len(result.failed)} item(s) not built; "
                               f"no bundle written; re-run to resume, or --keep-going to bundle the rest)")
     result.launcher_note = launcher_note
+    if launcher_env and not plan.triton_items:
+        result.driver_launchers = _driver_helper_alone(plan, env, work_dir, item_timeout)
     measured, measured_source = {}, {}
     if options.tune:
         if on_phase:
@@ -212,6 +215,19 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
         raise BuildIncomplete(f"{len(result.failed)} work item(s) failed (first: {result.failed[0].id}: "
                               f"{result.failed[0].error}); bundle written to {output} without them")
     return result
+
+
+def _driver_helper_alone(plan: Plan, env: dict, work_dir: Path, item_timeout: float) -> set[str]:
+    """Triton's ``cuda_utils`` for a plan with no Triton kernel (e.g. DeepGEMM only): the engine still imports
+    Triton and starts its driver, which would build it with the node's C compiler."""
+    built: list[dict] = []
+    opts = PoolOptions(mode="build", target_json=json.dumps(plan.target), jobs=1, env=env,
+                       log_dir=work_dir / "logs", item_timeout=item_timeout, keep_going=False)
+    run_tasks([Task("launchers/cuda_utils", "launchers.cuda_utils", {})], opts, built.append)
+    if not built or not built[0]["ok"]:
+        error = built[0]["error"] if built else "the worker returned nothing"
+        raise BuildIncomplete(f"building Triton's cuda_utils failed: {error}; no bundle written")
+    return set(built[0].get("launchers", []))
 
 
 def _engine_runtime(result: BuildResult) -> dict:

@@ -219,3 +219,13 @@ class LauncherBuilder:
         constants = {arg_idx(idx): value for idx, value in constants.items()}
         signature = dict(src.signature.items())
         return self._compile(make_launcher(constants, signature, metadata.get("tensordesc_meta")), "__triton_launcher")
+
+
+def _driver_only(params: dict, device: str) -> None:
+    """Op with no kernel: the build worker then builds ``cuda_utils`` alone (``worker.finish``)."""
+
+
+# a bundle without Triton kernels still ships cuda_utils: the engine imports Triton and starts its driver
+# (seen on the H200: vLLM's DeepGEMM path with a DeepGEMM-only bundle built cuda_utils with the node's C compiler)
+OPS = {"cuda_utils": _driver_only}
+

@@ -105,6 +105,13 @@ def test_gpu_less_build_bundles_the_rest_and_says_deepgemm_was_not_built(tmp_pat
     assert manifest["deepgemm"]["status"] == "not-built" and "no GPU is visible" in manifest["deepgemm"]["reason"]
     cov = next(c for c in manifest["coverage"] if c["family"] == "deepgemm")
     assert cov["status"] == "not-built" and any("DeepGEMM kernels not in this bundle" in u for u in cov["uncovered"])
+    # no Triton kernel, yet vLLM starts Triton's driver on the node (seen on the H200: one cuda_utils C build with
+    # a DeepGEMM-only bundle): the bundle ships cuda_utils and install files it under the node's key
+    assert manifest["launchers"]["count"] == 1 and manifest["launchers"]["node_keyed_entry"]
+    installed = run_cli("install", str(bundle), "--dir", str(tmp_path / "node"), "--json",
+                        env={"TRITON_LIBCUDA_PATH": str(tmp_path / "driver")})  # the node's driver folder
+    assert installed.returncode == 0, installed.stderr
+    assert list((tmp_path / "node").rglob("cuda_utils*.so"))
     # --add of a bundle that has no built DeepGEMM part is refused with the reason
     again = run_cli("build", str(QWEN3_8B), "--gpu", "sm90", "--engine", "vllm", "--family", "deepgemm",
                     "-o", str(tmp_path / "c.tar.zst"), "--add", str(bundle), env={"CUDA_VISIBLE_DEVICES": ""})

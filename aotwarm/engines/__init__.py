@@ -82,8 +82,9 @@ def detect_engine(name: str) -> EngineInfo:
     return module.detect()
 
 
-# op namespaces that are not engines: recompiles of recorded keys (aotwarm record / build --from-record)
-OTHER_OPS = {"record": "aotwarm.record.recompile"}
+# op namespaces that are not engines: recompiles of recorded keys (aotwarm record / build --from-record), and
+# Triton's driver helper alone (bundles without Triton kernels: the engine still starts Triton's driver)
+OTHER_OPS = {"record": "aotwarm.record.recompile", "launchers": "aotwarm.launchers"}
 
 
 def resolve_op(op: str) -> Callable[..., Any]:

@@ -38,7 +38,10 @@ def _weights(n: int, k: int, groups: int | None, device: str):
     vdg = _wrappers()
     shape = (n, k) if groups is None else (groups, n, k)
     w = torch.randn(shape, device=device, dtype=torch.bfloat16).clamp_(-4, 4).to(torch.float8_e4m3fn)
-    ws = torch.rand(shape[:-2] + (n // 128, k // 128), device=device, dtype=torch.float32) + 0.5
+    # the block-scale grid as vLLM's create_fp8_scale_parameter sizes it, rounded up (N = 2112: 17 block rows);
+    # not called here: it needs vLLM's tensor-parallel group, which a GPU node running one shape lacks
+    grid = (-(-n // 128), -(-k // 128))
+    ws = torch.rand(shape[:-2] + grid, device=device, dtype=torch.float32) + 0.5
     return deepgemm_post_process_fp8_weight_block(w, ws, (128, 128), use_e8m0=vdg.is_deep_gemm_e8m0_used())
 
 

@@ -95,10 +95,15 @@ def _one_kind(members: list[tuple[str, Any]]) -> dict:
 # -- running vLLM's kernel ----------------------------------------------------------------------------
 
 
-def _register_cpu_noops() -> None:
-    """A CPU kernel doing nothing for each of vLLM's CUDA ops that returns nothing (it fills buffers the
-    Python wrapper allocated): build workers hold CPU tensors, and only the launches' keys matter."""
+def register_void_op_noops(dispatch_key: str = "CPU") -> None:
+    """A kernel doing nothing, for ``dispatch_key`` (``CPU``: build workers' tensors; ``Meta``), for each of
+    vLLM's CUDA ops that returns nothing (it fills buffers the Python wrapper allocated): only the launches'
+    keys matter there.  Once per key and process."""
     import torch
+
+    if dispatch_key in _REGISTERED:
+        return
+    _REGISTERED.add(dispatch_key)
 
     names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.split("::")[0] in OP_NAMESPACES)
     libs: dict[str, Any] = {}
@@ -106,10 +111,10 @@ def _register_cpu_noops() -> None:
         ns, _, rest = full.partition("::")
         op_name, _, overload = rest.partition(".")
         op = getattr(getattr(getattr(torch.ops, ns), op_name), overload or "default")
-        if op._schema.returns or torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU"):
+        if op._schema.returns or torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), dispatch_key):
             continue
         lib = libs.get(ns) or libs.setdefault(ns, torch.library.Library(ns, "IMPL"))
-        lib.impl(rest, _noop, "CPU")
+        lib.impl(rest, _noop, dispatch_key)
     _LIBS.extend(libs.values())
 
 
@@ -118,6 +123,7 @@ def _noop(*args: Any, **kwargs: Any) -> None:
 
 
 _LIBS: list[Any] = []  # keeps the torch.library registrations alive for the process
+_REGISTERED: set[str] = set()
 
 
 class Experts:
@@ -133,8 +139,8 @@ class Experts:
         from vllm.v1.worker.workspace import init_workspace_manager, is_workspace_manager_initialized
 
         self.device = device
-        if device == "cpu" and not _LIBS:
-            _register_cpu_noops()
+        if device == "cpu":
+            register_void_op_noops("CPU")
         if not is_workspace_manager_initialized():  # as GPUModelRunner.__init__ does
             init_workspace_manager(torch.device(device))
         k = facts["kernel"]

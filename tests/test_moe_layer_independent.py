@@ -1,0 +1,65 @@
+"""The fused-MoE plan against vLLM's own MoE layer objects, not against aotwarm's rebuild of them.
+
+The plan's sweep goes through aotwarm's record of vLLM's modular kernel and its rebuild in build workers
+(``vllm_codec`` -> ``vllm_moe.Experts``); a test replaying that rebuild would only show self-consistency.
+``tests/independent/moe_layer_keys.py`` instead calls, in its own process, the quant method of each MoE
+layer vLLM built (``quant_method.apply(layer, ...)`` as vLLM's runner calls it) for every token count, and
+groups the token counts by the JIT keys they reach.  The plan's groups must be the same, key for key.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from aotwarm.plan import ServingArgs
+from aotwarm.targets import resolve_target
+from tests.conftest import requires_vllm_stack
+from tests.test_planner_moe_vllm import CONFIGS
+from tests.vllm_plans import vllm_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FIXTURES = ROOT / "tests" / "fixtures"
+CASES = [  # (config, vllm serve arguments): FP8 block, bf16 with expert parallel, DeepSeek-V3, Qwen3-Next FP8
+    (CONFIGS / "Qwen--Qwen3-30B-A3B-FP8.json", ("--tensor-parallel-size", "2")),
+    (CONFIGS / "Qwen--Qwen3.5-35B-A3B.json", ("--tensor-parallel-size", "2", "--enable-expert-parallel")),
+    (FIXTURES / "deepseek-ai--DeepSeek-V3.json", ("--tensor-parallel-size", "8")),
+    (FIXTURES / "Qwen--Qwen3-Next-80B-A3B-Instruct-FP8.json", ("--tensor-parallel-size", "4")),
+]
+
+
+def layer_groups(config: Path, argv: tuple[str, ...], gpu: str) -> dict:
+    """vLLM's MoE layers, called directly in a child process (see the module docstring of the harness)."""
+    target = json.dumps(resolve_target(gpu).target.to_dict())
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.json").write_text(config.read_text())
+        proc = subprocess.run([sys.executable, "-m", "tests.independent.moe_layer_keys", tmp, target, "--", *argv],
+                              capture_output=True, text=True, cwd=ROOT, timeout=900,
+                              env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1])
+
+
+def comparable(groups: list[dict]) -> list[tuple]:
+    return [(g["first"], g["last"], g["count"], sorted(g["keys"])) for g in groups]
+
+
+@pytest.mark.slow
+@requires_vllm_stack
+@pytest.mark.parametrize("path,argv", CASES, ids=[c[0].stem.split("--")[1] for c in CASES])
+def test_plan_sweep_equals_vllms_own_layer_over_every_token_count(path, argv):
+    plan = vllm_plan(path, *argv, families=("fused-moe",))
+    planned = {k["layer"]: k for k in ServingArgs.from_dict(plan.serving).vllm["moe"] if "sweep" in k}
+    independent = layer_groups(path, argv, "h200")
+    assert planned and set(independent["kinds"]) == set(planned)
+    for layer, kind in planned.items():
+        own = independent["kinds"][layer]
+        assert kind["experts"].endswith(":" + own["experts"])
+        assert sum(g["count"] for g in own["groups"]) == independent["max_tokens"] == kind["max_tokens"]
+        assert comparable(kind["sweep"]) == comparable(own["groups"]), layer
