@@ -72,29 +72,28 @@ def aggregate(tensors: dict[str, dict]) -> dict[str, dict]:
             for k, v in sorted(kinds.items())}
 
 
-def read_weights(source: ModelSource, mode: str = "auto") -> dict | None:
-    """The aggregated weight table and where it came from, or None with nothing to read.
+def read_tensors(source: ModelSource, mode: str = "auto") -> tuple[dict[str, dict], str]:
+    """Every tensor's dtype and shape from the checkpoint's safetensors headers, and where they came from
+    (``{}`` and the reason when there is nothing to read).
 
     ``mode``: "auto" reads a local model directory and, for a hub repo, the hub's headers when the hub
     answers; "off" reads nothing.  A hub that cannot be reached is not an error (the config is enough
     to plan); the plan records that the shapes come from the config alone.
     """
     if mode == "off":
-        return None
+        return {}, "checkpoint headers not read (--weights off): shapes from config.json only"
     if source.kind == "directory":
         folder = Path(source.path).parent
         tensors = _local_headers(folder)
-        where = f"safetensors headers in {folder}"
-    elif source.kind == "hub":
+        if not tensors:
+            return {}, f"no *.safetensors next to the config ({source.path}): shapes from config.json only"
+        return tensors, f"safetensors headers in {folder}"
+    if source.kind == "hub":
         try:
             tensors = _hub_headers(source.model)
         except Exception as err:  # noqa: BLE001 - offline, gated, no safetensors: plan from the config
-            return {"source": f"hub headers unavailable ({type(err).__name__}): shapes from config.json only",
-                    "projections": {}}
-        where = f"safetensors headers of {source.model} on the hub"
-    else:
-        return None
-    if not tensors:
-        return {"source": f"no *.safetensors next to the config ({source.path}): shapes from config.json only",
-                "projections": {}}
-    return {"source": where, "projections": aggregate(tensors)}
+            return {}, f"hub headers unavailable ({type(err).__name__}): shapes from config.json only"
+        if not tensors:
+            return {}, f"no safetensors on the hub for {source.model}: shapes from config.json only"
+        return tensors, f"safetensors headers of {source.model} on the hub"
+    return {}, "no checkpoint (the bundled config): shapes from config.json only"

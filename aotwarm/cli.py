@@ -88,8 +88,9 @@ def serving_options(fn):
         click.option("--deep-gemm-e8m0/--no-deep-gemm-e8m0", "deep_gemm_e8m0", default=True, show_default=True,
                      help="vLLM: VLLM_USE_DEEP_GEMM_E8M0 on the serving nodes (UE8M0 scales for DeepGEMM)."),
         click.option("--weights", default="auto", show_default=True, type=click.Choice(["auto", "off"]),
-                     help="FP8 block models: read safetensors headers (local model directory, or the hub's headers "
-                          "when it answers) to check shapes and find projections kept unquantized."),
+                     help="Read the checkpoint's safetensors headers (local model directory, or the hub's headers "
+                          "when it answers): vLLM's weight loaders check every shape against the model it builds; "
+                          "FP8 block models: projections kept unquantized are found."),
         click.option("-j", "--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(1),
                      help="Worker processes."),
         click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED),
@@ -114,13 +115,15 @@ def _make_plan(model: str, opts: dict, quiet: bool):
         raise BadInput("--gpu is required: a GPU profile or an arch alias such as sm90 (see `aotwarm targets`)")
     resolved = resolve_target(gpu, num_sms)
     spec, source = load_model(model)
+    from .checkpoint import aggregate, read_tensors
     from .planners.deepgemm import fp8_block_shape
 
-    if fp8_block_shape(spec) is not None:  # the only consumer of checkpoint facts so far
-        from .checkpoint import read_weights
-
-        spec = dataclasses.replace(spec, weights=read_weights(source, opts["weights"]))
     eng = detect_engine(opts["engine"])
+    fp8_block = fp8_block_shape(spec) is not None
+    tensors, where = (read_tensors(source, opts["weights"]) if eng.name == "vllm" or fp8_block
+                      else ({}, ""))
+    if fp8_block and opts["weights"] != "off" and source.kind in ("directory", "hub"):
+        spec = dataclasses.replace(spec, weights={"source": where, "projections": aggregate(tensors) if tensors else {}})
     families = families_for(opts["families"], eng.name)
     err = console(stderr=True)
     if not quiet:
@@ -133,7 +136,9 @@ def _make_plan(model: str, opts: dict, quiet: bool):
 
         argv = serving_mod.vllm_argv(opts, opts["vllm_args"])
         with err.status(f"resolving the serving config with vLLM's own code (vllm serve {' '.join(argv)})…"):
-            decisions = resolve_for_source(source, argv, resolved.target)
+            # with headers, vLLM's own weight loaders check the checkpoint against the model it builds
+            checkpoint = {"source": where, "tensors": tensors} if tensors else None
+            decisions = resolve_for_source(source, argv, resolved.target, checkpoint=checkpoint)
         serving = serving_mod.for_vllm(decisions, families, opts)
         if not quiet:
             err.print(decisions_table(decisions))

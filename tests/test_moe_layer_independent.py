@@ -25,11 +25,12 @@ from tests.vllm_plans import vllm_plan
 ROOT = Path(__file__).resolve().parents[1]
 
 FIXTURES = ROOT / "tests" / "fixtures"
-CASES = [  # (config, vllm serve arguments): FP8 block, bf16 with expert parallel, DeepSeek-V3, Qwen3-Next FP8
+CASES = [  # (config, vllm serve arguments): FP8 block, bf16 with expert parallel, DeepSeek-V3, INT8 W8A8, online FP8
     (CONFIGS / "Qwen--Qwen3-30B-A3B-FP8.json", ("--tensor-parallel-size", "2")),
     (CONFIGS / "Qwen--Qwen3.5-35B-A3B.json", ("--tensor-parallel-size", "2", "--enable-expert-parallel")),
     (FIXTURES / "deepseek-ai--DeepSeek-V3.json", ("--tensor-parallel-size", "8")),
-    (FIXTURES / "Qwen--Qwen3-Next-80B-A3B-Instruct-FP8.json", ("--tensor-parallel-size", "4")),
+    (FIXTURES / "constructed--Qwen3-30B-A3B-quantized.w8a8.json", ("--tensor-parallel-size", "2")),
+    (CONFIGS / "Qwen--Qwen3.5-35B-A3B.json", ("--tensor-parallel-size", "2", "--quantization", "fp8")),
 ]
 
 
@@ -52,7 +53,8 @@ def comparable(groups: list[dict]) -> list[tuple]:
 
 @pytest.mark.slow
 @requires_vllm_stack
-@pytest.mark.parametrize("path,argv", CASES, ids=[c[0].stem.split("--")[1] for c in CASES])
+@pytest.mark.parametrize("path,argv", CASES, ids=["qwen3-30b-fp8-tp2", "qwen3.5-35b-tp2-ep", "dsv3-tp8",
+                                                   "qwen3-30b-w8a8-int8-tp2", "qwen3.5-35b-tp2-online-fp8"])
 def test_plan_sweep_equals_vllms_own_layer_over_every_token_count(path, argv):
     plan = vllm_plan(path, *argv, families=("fused-moe",))
     planned = {k["layer"]: k for k in ServingArgs.from_dict(plan.serving).vllm["moe"] if "sweep" in k}

@@ -128,3 +128,42 @@ def test_experts_vllm_runs_outside_triton_are_stated_with_what_runs():
     fam = family(plan)
     assert fam.status == "not-covered" and plan.items == []
     assert "HummingIndexedExperts" in fam.uncovered[0] and "NVRTC" in fam.uncovered[0]
+
+
+FIXTURES = CONFIGS.parents[1] / "tests" / "fixtures"
+W8A8_INT8 = FIXTURES / "constructed--Qwen3-30B-A3B-quantized.w8a8.json"
+FP8_DYNAMIC = FIXTURES / "constructed--Qwen3-30B-A3B-FP8-dynamic.json"
+
+
+@requires_vllm_stack
+def test_int8_w8a8_moe_is_vllms_triton_int8_experts():
+    plan = vllm_plan(W8A8_INT8, *TP2, families=("fused-moe",))
+    (kind,) = kinds(plan)
+    assert kind["method"] == "CompressedTensorsW8A8Int8MoEMethod" and kind["backend"] == "int8_backend=TRITON"
+    assert kind["experts"].endswith(":TritonExperts") and kind["kernel"]["w13"]["dtype"] == "int8"
+    assert family(plan).status == "planned" and len(plan.items) == len(fused_moe.cover(kind["sweep"])) > 10
+
+
+@requires_vllm_stack
+def test_online_per_tensor_fp8_quantizes_on_meta_and_plans_the_triton_experts():
+    """``--quantization fp8`` on a bf16 checkpoint: vLLM quantizes the experts at load (its CUDA op, a no-op on
+    meta) and runs its Triton FP8 experts with per-tensor scales."""
+    plan = vllm_plan(QWEN35_35B, *TP2, "--quantization", "fp8", families=("fused-moe",))
+    (kind,) = kinds(plan)
+    assert kind["method"] == "Fp8PerTensorOnlineMoEMethod" and kind["experts"].endswith(":TritonExperts")
+    assert kind["kernel"]["w13"]["dtype"] == "float8_e4m3fn" and family(plan).status == "planned"
+
+
+@requires_vllm_stack
+def test_per_channel_fp8_runs_cutlass_on_sm90_and_triton_only_below_nine_tokens_on_sm100():
+    """compressed-tensors FP8 (per-channel weights, dynamic per-token activations): vLLM picks its CUTLASS
+    experts with a Triton fallback that only sm100 uses (M <= 8).  The sweep, not a rule copied here, says so."""
+    h200 = vllm_plan(FP8_DYNAMIC, families=("fused-moe",))
+    (kind,) = kinds(h200)
+    assert kind["experts"].endswith(":TritonOrCutlassExperts") and not any(g["keys"] for g in kind["sweep"])
+    assert family(h200).status == "not-applicable" and h200.items == []
+    assert "launched no Triton kernel on NVIDIA H200: it runs CUTLASS" in family(h200).summary
+    b200 = vllm_plan(FP8_DYNAMIC, gpu="b200", families=("fused-moe",))
+    (kind,) = kinds(b200)
+    with_keys = [g for g in kind["sweep"] if g["keys"]]
+    assert with_keys and max(g["last"] for g in with_keys) == 8 and family(b200).status == "planned"

@@ -89,8 +89,9 @@ def decode(data: Any, device: str = "cpu") -> Any:
         if not isinstance(dtype, torch.dtype):
             raise BadInput(f"plan names dtype {data['__dtype__']!r}, which torch does not have")
         return dtype
-    if "__device__" in data:
-        return torch.device(str(data["__device__"]))
+    if "__device__" in data:  # where vLLM placed it (its GPU, or meta while resolving): here, the rebuild's device
+        recorded = torch.device(str(data["__device__"]))
+        return torch.device(device) if recorded.type in ("cuda", "meta") else recorded
     if "__tensor__" in data:
         return empty_tensor(data["__tensor__"], device)
     if "__enum__" in data:

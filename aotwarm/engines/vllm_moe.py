@@ -63,8 +63,12 @@ def _one_kind(members: list[tuple[str, Any]]) -> dict:
     experts_cls = getattr(method, "experts_cls", None)
     if experts_cls is not None:
         facts["experts"] = f"{experts_cls.__module__}:{experts_cls.__qualname__}"
+    from .vllm_node import meta_allocations
+
+    register_void_op_noops("Meta")  # e.g. online FP8 quantizes the weights at load: nothing to write on meta
     try:
-        method.process_weights_after_loading(layer)  # vLLM's own: builds the modular kernel
+        with meta_allocations():  # vLLM's own: builds the modular kernel (its CUDA buffers on meta, as the model's)
+            method.process_weights_after_loading(layer)
     except Exception as err:  # noqa: BLE001 -- recorded: the plan says this layer is not covered and why
         facts["unbuilt"] = f"vLLM's process_weights_after_loading failed on meta weights: {type(err).__name__}: {err}"
         return facts

@@ -42,6 +42,17 @@ class VllmRejected(Exception):
     """vLLM refused the serving settings; the message is vLLM's."""
 
 
+class CheckpointMismatch(Exception):
+    """vLLM's weight loading refused the checkpoint's tensors for the model it built from config.json."""
+
+
+# safetensors dtype names -> torch dtype attribute names
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
+                      "U64": "uint64", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+                      "F8_E8M0": "float8_e8m0fnu"}
+
+
 def _parse_args(argv: list[str]) -> Any:
     from vllm.entrypoints.common.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -205,8 +216,45 @@ def _gdn_facts(layers: dict, views: dict) -> dict | None:
     return facts
 
 
-def decide(model_dir: str, argv: list[str], target: Any) -> dict:
-    """vLLM's decisions for ``vllm serve MODEL_DIR ARGV`` on this (virtual) node, as JSON-able facts."""
+def _checkpoint_on_meta(model: Any, vc: Any, checkpoint: dict) -> dict:
+    """vLLM's own weight loading of the checkpoint, fed meta tensors of the headers' dtypes and shapes.
+
+    vLLM's loader runs as in serving (``DefaultModelLoader.load_weights`` with the checkpoint iterator replaced):
+    every weight loader -- tensor-parallel narrowing, merged projections (qkv, gate/up, MLA's fused_qkv_a),
+    experts and their scales -- with its shape checks, and vLLM's check that every parameter was loaded where
+    vLLM makes it (unquantized models).  Only headers were read: no weight bytes exist here."""
+    import time
+
+    import torch
+    from vllm.model_executor.model_loader import get_model_loader
+
+    from .vllm_moe import register_void_op_noops
+    from .vllm_node import meta_allocations
+
+    tensors = checkpoint["tensors"]
+    unknown = sorted({str(h.get("dtype")) for h in tensors.values()} - set(SAFETENSORS_DTYPES))
+    if unknown:
+        raise CheckpointMismatch(f"safetensors dtype(s) {', '.join(unknown)} are not ones vLLM loads")
+    register_void_op_noops("Meta")  # loaders that run vLLM's CUDA ops on what they load: nothing to write
+    weights = ((name, torch.empty(h["shape"], dtype=getattr(torch, SAFETENSORS_DTYPES[h["dtype"]]), device="meta"))
+               for name, h in sorted(tensors.items()))
+    loader = get_model_loader(vc.load_config)
+    try:
+        with meta_allocations():
+            if hasattr(loader, "get_all_weights"):  # vLLM's DefaultModelLoader: its whole load_weights, its checks
+                loader.get_all_weights = lambda model_config, model: weights
+                loader.counter_before_loading_weights = time.perf_counter()
+                loader.load_weights(model, vc.model_config)
+            else:
+                model.load_weights(weights)
+    except Exception as err:  # noqa: BLE001 -- vLLM's loaders assert / raise in their own ways: say which
+        raise CheckpointMismatch(f"{type(err).__name__}: {_one_line(err)}") from err
+    return {"source": checkpoint["source"], "tensors": len(tensors)}
+
+
+def decide(model_dir: str, argv: list[str], target: Any, checkpoint: dict | None = None) -> dict:
+    """vLLM's decisions for ``vllm serve MODEL_DIR ARGV`` on this (virtual) node, as JSON-able facts; with
+    ``checkpoint`` ({"source", "tensors": {name: {dtype, shape}}}) vLLM's loaders first check it fits."""
     import vllm
     from vllm.config import set_current_vllm_config
     from vllm.platforms import current_platform
@@ -216,6 +264,7 @@ def decide(model_dir: str, argv: list[str], target: Any) -> dict:
     vc = _engine_config(model_dir, argv)
     with process_groups(vc), set_current_vllm_config(vc):
         model = _build_model(vc)
+        loaded = _checkpoint_on_meta(model, vc, checkpoint) if checkpoint and checkpoint.get("tensors") else None
         current_platform.update_block_size_for_backend(vc)
         layers = dict(vc.compilation_config.static_forward_context)
         memory = int(target.total_memory * vc.cache_config.gpu_memory_utilization)
@@ -263,7 +312,8 @@ def decide(model_dir: str, argv: list[str], target: Any) -> dict:
         "use_v2_model_runner": bool(getattr(vc, "use_v2_model_runner", False)),
     }
     return {"argv": argv, "resolved": resolved, "gdn": gdn, "layer_methods": methods, "moe": moe,
-            "fp8_linears": linears, "modules": modules}
+            "fp8_linears": linears, "modules": modules,
+            "checkpoint": loaded or {"source": (checkpoint or {}).get("source", "no checkpoint headers read")}}
 
 
 def _module_kinds(model: Any) -> list[dict]:
@@ -376,7 +426,8 @@ def _one_line(err: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def resolve(model_dir: str, argv: list[str], target: dict, gpus: int = 8, timeout: float = 900.0) -> dict:
+def resolve(model_dir: str, argv: list[str], target: dict, gpus: int = 8, timeout: float = 900.0,
+            checkpoint: dict | None = None) -> dict:
     """Ask vLLM (in a child process, under the virtual target) what it decides for ``vllm serve`` ARGV.
 
     Raises BadInput with vLLM's own reason when vLLM rejects the settings, Incompatible when vLLM
@@ -385,7 +436,8 @@ def resolve(model_dir: str, argv: list[str], target: dict, gpus: int = 8, timeou
 
     from ..errors import AotwarmError, BadInput, Incompatible
 
-    request = json.dumps({"model_dir": model_dir, "argv": argv, "target": target, "gpus": gpus})
+    request = json.dumps({"model_dir": model_dir, "argv": argv, "target": target, "gpus": gpus,
+                          "checkpoint": checkpoint})
     try:
         proc = subprocess.run([sys.executable, "-m", "aotwarm.engines.vllm_resolve"], input=request,
                               capture_output=True, text=True, timeout=timeout)
@@ -400,6 +452,10 @@ def resolve(model_dir: str, argv: list[str], target: dict, gpus: int = 8, timeou
         return answer
     if answer["kind"] == "rejected":
         raise BadInput(f"vLLM rejects these serving settings: {answer['error']}")
+    if answer["kind"] == "checkpoint":
+        raise BadInput(f"the config and the weights disagree ({(checkpoint or {}).get('source')}): vLLM's weight "
+                       f"loader says {answer['error']}; use the checkpoint's own config.json (or --weights off to "
+                       f"plan from the config alone)")
     if answer["kind"] == "environment":
         raise Incompatible(f"vLLM cannot run its config code here ({answer['error']}): install vLLM with its own "
                            f"dependencies (pip install vllm==0.33.0), as the serving image has it")
@@ -411,7 +467,7 @@ def _vllm_env() -> dict[str, str]:
     return {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLLM_")}
 
 
-def _cache_key(config_text: str, argv: list[str], target: dict, gpus: int) -> str:
+def _cache_key(config_text: str, argv: list[str], target: dict, gpus: int, checkpoint: dict | None = None) -> str:
     """Identity of a resolution: vLLM's installed files (its RECORD), this module, the inputs, VLLM_* env."""
     import hashlib
     import importlib.metadata
@@ -424,20 +480,22 @@ def _cache_key(config_text: str, argv: list[str], target: dict, gpus: int) -> st
     here = Path(__file__)
     parts = [record, *(here.with_name(n).read_text() for n in (here.name, "vllm_node.py", "vllm_moe.py", "vllm_codec.py")),
              config_text,
-             json.dumps(argv), json.dumps(target, sort_keys=True), str(gpus), json.dumps(_vllm_env())]
+             json.dumps(argv), json.dumps(target, sort_keys=True), str(gpus), json.dumps(_vllm_env()),
+             json.dumps(checkpoint, sort_keys=True)]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def resolve_for_source(source: Any, argv: list[str], target: Any, gpus: int = 8) -> dict:
+def resolve_for_source(source: Any, argv: list[str], target: Any, gpus: int = 8, checkpoint: dict | None = None) -> dict:
     """``resolve`` for a model config aotwarm loaded (``model.ModelSource``); answers are cached per
-    (vLLM files, config, arguments, target, VLLM_* env) under ``$XDG_CACHE_HOME/aotwarm/vllm-resolve``."""
+    (vLLM files, config, arguments, target, VLLM_* env, checkpoint headers) under
+    ``$XDG_CACHE_HOME/aotwarm/vllm-resolve``."""
     import tempfile
     from pathlib import Path
 
     from ..fsutil import atomic_write_text, user_cache_dir
 
     text = Path(source.path).read_text() if source.kind != "bundled" else _bundled_text(source)
-    key = _cache_key(text, argv, target.to_dict(), gpus)
+    key = _cache_key(text, argv, target.to_dict(), gpus, checkpoint)
     cached = user_cache_dir() / "vllm-resolve" / f"{key}.json"
     if cached.is_file():
         try:
@@ -447,7 +505,7 @@ def resolve_for_source(source: Any, argv: list[str], target: Any, gpus: int = 8)
     with tempfile.TemporaryDirectory(prefix="aotwarm-model-") as tmp:
         # vLLM reads the model's config.json from a folder: the exact text aotwarm planned from
         (Path(tmp) / "config.json").write_text(text)
-        answer = resolve(tmp, argv, target.to_dict(), gpus)
+        answer = resolve(tmp, argv, target.to_dict(), gpus, checkpoint=checkpoint)
     answer["vllm_env"] = _vllm_env()
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -484,9 +542,12 @@ def main() -> int:
         VirtualDevice(Target.from_dict(request["target"])).install()  # noqa: the target GPU, virtual
         set_platform(int(request.get("gpus", 8)))
         target = Target.from_dict(request["target"])
-        answer = {"ok": True, "compiled_ops": loaded, **decide(request["model_dir"], list(request["argv"]), target)}
+        answer = {"ok": True, "compiled_ops": loaded,
+                  **decide(request["model_dir"], list(request["argv"]), target, request.get("checkpoint"))}
     except ImportError as err:
         answer = {"ok": False, "kind": "environment", "error": f"{type(err).__name__}: {_one_line(err)}"}
+    except CheckpointMismatch as err:
+        answer = {"ok": False, "kind": "checkpoint", "error": str(err)}
     except (VllmRejected, ValueError, TypeError, NotImplementedError, AssertionError) as err:
         answer = {"ok": False, "kind": "rejected", "error": _one_line(err)}
     except Exception as err:  # vLLM failed in a way we did not foresee: say where

@@ -249,7 +249,10 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
         return FamilyCoverage(FAMILY, "not-covered" if uncovered else "not-applicable",
                               "no GEMM of this model reaches DeepGEMM in vLLM 0.33", uncovered=uncovered), []
     if linears is not None and not headers:
-        shapes_from = "linears and per-rank shapes from the layers vLLM built"
+        loaded = (serving.vllm or {}).get("checkpoint") or {}
+        shapes_from = "linears and per-rank shapes from the layers vLLM built" + (
+            f", checked by vLLM's weight loaders against {loaded['source']} ({loaded['tensors']} tensors)"
+            if loaded.get("tensors") else f" ({loaded.get('source') or 'no checkpoint headers read'})")
     else:
         shapes_from = (f"shapes checked against {spec.weights['source']}" if (spec.weights or {}).get("projections")
                        else (spec.weights or {}).get("source", "shapes from config.json (no checkpoint headers read)"))

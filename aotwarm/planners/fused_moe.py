@@ -79,7 +79,10 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
             continue
         groups = kind["sweep"]
         if not any(g["keys"] for g in groups):
-            said.append(f"{who}: no Triton JIT (the experts run precompiled or other-JIT kernels)")
+            experts = _short(kind.get("experts", "?"))
+            runs = next((what for part, what in OTHER_EXPERTS if part in experts), "no Triton kernel")
+            said.append(f"{who}: vLLM's kernel swept over M 1..{kind['max_tokens']} launched no Triton kernel "
+                        f"on {target.name}: it runs {runs}")
             continue
         chosen = cover(groups)
         body = {k: v for k, v in kind.items() if k not in ("sweep",)}
