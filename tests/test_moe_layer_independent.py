@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,17 +33,45 @@ CASES = [  # (config, vllm serve arguments): FP8 block, bf16 with expert paralle
 ]
 
 
-def layer_groups(config: Path, argv: tuple[str, ...], gpu: str) -> dict:
-    """vLLM's MoE layers, called directly in a child process (see the module docstring of the harness)."""
-    target = json.dumps(resolve_target(gpu).target.to_dict())
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "config.json").write_text(config.read_text())
-        proc = subprocess.run([sys.executable, "-m", "tests.independent.moe_layer_keys", tmp, target, "--", *argv],
-                              capture_output=True, text=True, cwd=ROOT, timeout=900,
-                              env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1])
+IDS = ["qwen3-30b-fp8-tp2", "qwen3.5-35b-tp2-ep", "dsv3-tp8", "qwen3-30b-w8a8-int8-tp2", "qwen3.5-35b-tp2-online-fp8"]
+
+
+class LayerRuns:
+    """The harness for every case, started together (child processes: the CPU-bound sweeps overlap each other
+    and the plans' resolutions), each awaited by its test."""
+
+    def __init__(self, tmp: Path, gpu: str):
+        target = json.dumps(resolve_target(gpu).target.to_dict())
+        env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+        self.procs = {}
+        for case_id, (config, argv) in zip(IDS, CASES):
+            folder = tmp / case_id
+            folder.mkdir()
+            (folder / "config.json").write_text(config.read_text())
+            with open(folder / "out.txt", "w") as out, open(folder / "err.txt", "w") as err:  # files: no pipe fills
+                self.procs[case_id] = subprocess.Popen(
+                    [sys.executable, "-m", "tests.independent.moe_layer_keys", str(folder), target, "--", *argv],
+                    stdout=out, stderr=err, cwd=ROOT, env=env)
+        self.tmp = tmp
+
+    def result(self, case_id: str) -> dict:
+        code = self.procs[case_id].wait(timeout=900)
+        lines = [ln for ln in (self.tmp / case_id / "out.txt").read_text().splitlines() if ln.startswith("{")]
+        assert code == 0 and lines, (self.tmp / case_id / "err.txt").read_text()[-3000:]
+        return json.loads(lines[-1])
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def layer_runs(tmp_path_factory):
+    runs = LayerRuns(tmp_path_factory.mktemp("moe-layers"), "h200")
+    yield runs
+    runs.stop()
 
 
 def comparable(groups: list[dict]) -> list[tuple]:
@@ -53,12 +80,12 @@ def comparable(groups: list[dict]) -> list[tuple]:
 
 @pytest.mark.slow
 @requires_vllm_stack
-@pytest.mark.parametrize("path,argv", CASES, ids=["qwen3-30b-fp8-tp2", "qwen3.5-35b-tp2-ep", "dsv3-tp8",
-                                                   "qwen3-30b-w8a8-int8-tp2", "qwen3.5-35b-tp2-online-fp8"])
-def test_plan_sweep_equals_vllms_own_layer_over_every_token_count(path, argv):
+@pytest.mark.parametrize("case_id", IDS)
+def test_plan_sweep_equals_vllms_own_layer_over_every_token_count(case_id, layer_runs):
+    path, argv = CASES[IDS.index(case_id)]
     plan = vllm_plan(path, *argv, families=("fused-moe",))
     planned = {k["layer"]: k for k in ServingArgs.from_dict(plan.serving).vllm["moe"] if "sweep" in k}
-    independent = layer_groups(path, argv, "h200")
+    independent = layer_runs.result(case_id)
     assert planned and set(independent["kinds"]) == set(planned)
     for layer, kind in planned.items():
         own = independent["kinds"][layer]
