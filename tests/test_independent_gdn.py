@@ -20,20 +20,37 @@ pytest.importorskip("vllm")
 pytestmark = [pytest.mark.slow, requires_vllm_stack]
 
 
-def layer_run(path: Path, argv: list[str], n_prefill: int) -> dict:
-    """The harness in a fresh process (it builds a vLLM config, process groups and a model once)."""
-    import subprocess
-    import sys
+class LayerRun:
+    """The harness in a fresh process (it builds a vLLM config, process groups and a model once), started
+    before the plan is probed so the two overlap; ``result()`` waits for it."""
 
-    root = Path(__file__).resolve().parents[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "config.json").write_text(path.read_text())
+    def __init__(self, path: Path, argv: list[str], n_prefill: int):
+        import subprocess
+        import sys
+
+        root = Path(__file__).resolve().parents[1]
+        self.tmp = tempfile.TemporaryDirectory()
+        folder = Path(self.tmp.name)
+        (folder / "config.json").write_text(path.read_text())
         code = ("import json, sys; from tests.independent.vllm_gdn_layer import layer_keys; "
                 "from aotwarm.targets import PROFILES; "
-                f"print(json.dumps(layer_keys({tmp!r}, {argv!r}, PROFILES['h200'], n_prefill={n_prefill}, seed=11)))")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+                f"print(json.dumps(layer_keys({str(folder)!r}, {argv!r}, PROFILES['h200'], n_prefill={n_prefill}, "
+                f"seed=11)))")
+        self.out, self.err = open(folder / "out.txt", "w+"), open(folder / "err.txt", "w+")  # files: no pipe fills
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=self.out, stderr=self.err, cwd=root)
+
+    def result(self) -> dict:
+        try:
+            code = self.proc.wait(timeout=1200)
+            self.out.seek(0), self.err.seek(0)
+            out, err = self.out.read(), self.err.read()
+            assert code == 0, err[-3000:]
+            return json.loads(out.strip().splitlines()[-1])
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.out.close(), self.err.close()
+            self.tmp.cleanup()
 
 
 # the serving arguments of tests/test_planner_gdn_vllm.py (one vLLM resolution each, cached)
@@ -45,9 +62,10 @@ def layer_run(path: Path, argv: list[str], n_prefill: int) -> dict:
 def test_every_key_vllms_layer_reaches_is_planned(path, argv):
     from aotwarm.probe import probe_plan
 
+    run = LayerRun(path, argv, n_prefill=12)
     plan = probe_plan(vllm_plan(path, *argv), jobs=2)
     planned = set(plan.probe["jit_keys"])
-    seen = layer_run(path, argv, n_prefill=12)
+    seen = run.result()
     assert seen["calls"] > 12 and seen["layer"], seen["calls"]  # 12 prefills + every decode batch
     outside = [k.split("|", 1)[0] for k in seen["layer"] if k not in planned]
     assert outside == [], f"vLLM's layer reached {len(outside)} key(s) the plan lacks: {sorted(set(outside))}"

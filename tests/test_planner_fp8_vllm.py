@@ -121,23 +121,34 @@ def test_vllms_weight_loaders_check_a_deepseek_v3_checkpoint_from_its_headers(tm
     one vLLM's loaders refuse (kv_b_proj with the wrong K) is a one-line error with vLLM's reason."""
     import json
 
-    from tests.conftest import run_cli
+    import os
+    import subprocess
+    import sys
 
-    def plan(folder):
+    def start(folder):  # both plans run at once (each resolves DeepSeek-V3 at TP 8 with vLLM: ~30 s of CPU)
         out = tmp_path / f"{folder.name}.plan.json"
-        proc = run_cli("plan", str(folder), "--gpu", "h200", "--engine", "vllm", "--family", "deepgemm",
-                       "-o", str(out), "--json", "--", "--tensor-parallel-size", "8")
+        argv = ["plan", str(folder), "--gpu", "h200", "--engine", "vllm", "--family", "deepgemm", "-o", str(out),
+                "--json", "--", "--tensor-parallel-size", "8"]
+        return out, subprocess.Popen([sys.executable, "-m", "aotwarm", *argv], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    def finish(started):
+        out, proc = started
+        _, stderr = proc.communicate(timeout=900)
+        proc.stderr = stderr
         return proc, (json.loads(out.read_text()) if out.exists() else None)
 
-    proc, good = plan(_dsv3_checkpoint(tmp_path / "good"))
+    good_run = start(_dsv3_checkpoint(tmp_path / "good"))
+    bad_run = start(_dsv3_checkpoint(tmp_path / "bad",
+                                     shape_of={"model.layers.1.self_attn.kv_b_proj.weight": [32768, 256]}))
+    proc, good = finish(good_run)
     assert proc.returncode == 0, proc.stderr[-2000:]
     dg = next(f for f in good["families"] if f["family"] == "deepgemm")
     assert "checked by vLLM's weight loaders against safetensors headers in" in dg["summary"]
     assert good["serving"]["vllm"]["checkpoint"]["tensors"] == 3 + 4 * (2 + 12) + 3 * 6 + 2 + 257 * 6
     assert {(i["params"]["n"], i["params"]["k"]) for i in good["items"]} >= {(2112, 7168), (3072, 1536), (4096, 512)}
 
-    bad = _dsv3_checkpoint(tmp_path / "bad", shape_of={"model.layers.1.self_attn.kv_b_proj.weight": [32768, 256]})
-    proc, plan_json = plan(bad)
+    proc, plan_json = finish(bad_run)
     assert proc.returncode == 2 and plan_json is None
     assert "the config and the weights disagree" in proc.stderr and "vLLM's weight loader says" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
