@@ -9,8 +9,6 @@ groups the token counts by the JIT keys they reach.  The plan's groups must be t
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import pytest
 from aotwarm.plan import ServingArgs
 from aotwarm.targets import resolve_target
 from tests.conftest import requires_vllm_stack
+from tests.independent.child import Child
 from tests.test_planner_moe_vllm import CONFIGS
 from tests.vllm_plans import vllm_plan
 
@@ -43,28 +42,20 @@ class LayerRuns:
     def __init__(self, tmp: Path, gpu: str):
         target = json.dumps(resolve_target(gpu).target.to_dict())
         env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
-        self.procs = {}
+        self.children = {}
         for case_id, (config, argv) in zip(IDS, CASES):
             folder = tmp / case_id
             folder.mkdir()
             (folder / "config.json").write_text(config.read_text())
-            with open(folder / "out.txt", "w") as out, open(folder / "err.txt", "w") as err:  # files: no pipe fills
-                self.procs[case_id] = subprocess.Popen(
-                    [sys.executable, "-m", "tests.independent.moe_layer_keys", str(folder), target, "--", *argv],
-                    stdout=out, stderr=err, cwd=ROOT, env=env)
-        self.tmp = tmp
+            self.children[case_id] = Child(folder, ["-m", "tests.independent.moe_layer_keys", str(folder), target,
+                                                    "--", *argv], env)
 
     def result(self, case_id: str) -> dict:
-        code = self.procs[case_id].wait(timeout=900)
-        lines = [ln for ln in (self.tmp / case_id / "out.txt").read_text().splitlines() if ln.startswith("{")]
-        assert code == 0 and lines, (self.tmp / case_id / "err.txt").read_text()[-3000:]
-        return json.loads(lines[-1])
+        return self.children[case_id].result(timeout=900)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for child in self.children.values():
+            child.stop()
 
 
 @pytest.fixture(scope="module")
