@@ -15,19 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from tests.gpu.record_loop import aotwarm
+from tests.gpu.record_loop import build_install
 from tests.gpu.record_moe_deepgemm import record
 
 
 def build(plan: Path, work: Path) -> dict:
     started = time.time()
-    built = aotwarm("build", "--plan", str(plan), "-o", str(work / "dg.tar.zst"), "--json", "-j", "16")
-    if built.returncode != 0:
-        raise SystemExit(f"DeepGEMM build failed: {built.stderr[-2000:]}")
-    installed = aotwarm("install", str(work / "dg.tar.zst"), "--dir", str(work / "node"))
-    if installed.returncode != 0:
-        raise SystemExit(f"install failed: {installed.stderr[-2000:]}")
-    return {"seconds": round(time.time() - started, 1), **json.loads(built.stdout)["summary"]}
+    summary = build_install(plan, work / "dg.tar.zst", work / "node", "-j", "16", gpu=True)
+    return {"seconds": round(time.time() - started, 1), **summary}
 
 
 def main(argv: list[str]) -> int:

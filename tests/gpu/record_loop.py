@@ -47,8 +47,10 @@ def diff_summary(record: Path, bundle: Path, out: Path) -> dict:
                                                for m in json.loads(diff.stdout)["missing"]]}
 
 
-def build_install(plan: Path, bundle: Path, dest: Path, *extra: str) -> dict:
-    built = aotwarm("build", "--plan", str(plan), "-o", str(bundle), "--json", *extra, env={"CUDA_VISIBLE_DEVICES": ""})
+def build_install(plan: Path, bundle: Path, dest: Path, *extra: str, gpu: bool = False) -> dict:
+    """Build ``plan`` (GPU hidden, unless ``gpu``: DeepGEMM's JIT needs it) and install the bundle into ``dest``."""
+    built = aotwarm("build", "--plan", str(plan), "-o", str(bundle), "--json", *extra,
+                    env=None if gpu else {"CUDA_VISIBLE_DEVICES": ""})
     if built.returncode != 0:
         raise SystemExit(f"build failed: {built.stderr[-2000:]}")
     installed = aotwarm("install", str(bundle), "--dir", str(dest))

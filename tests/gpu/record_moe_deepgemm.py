@@ -67,13 +67,7 @@ def main(argv: list[str]) -> int:
     result["closed_record"] = record(out, "moe-closed", work / "closed.tar.zst", work / "closed",
                                      "-m", "tests.independent.moe_runs", "modular", str(moe_plan), "2026", "40")
 
-    built = aotwarm("build", "--plan", str(dg_plan), "-o", str(work / "dg.tar.zst"), "--json", "-j", "8")
-    if built.returncode != 0:
-        raise SystemExit(f"DeepGEMM build failed: {built.stderr[-2000:]}")
-    result["deepgemm_build"] = json.loads(built.stdout)["summary"]
-    installed = aotwarm("install", str(work / "dg.tar.zst"), "--dir", str(work / "dg"))
-    if installed.returncode != 0:
-        raise SystemExit(f"install failed: {installed.stderr[-2000:]}")
+    result["deepgemm_build"] = build_install(dg_plan, work / "dg.tar.zst", work / "dg", "-j", "8", gpu=True)
     result["deepgemm_record"] = record(out, "deepgemm", work / "dg.tar.zst", work / "dg",
                                        str(Path(__file__).with_name("deepgemm_random_m.py")), str(dg_plan),
                                        str(work / "dg" / "triton" / ".deep_gemm"), "2026", "20")
