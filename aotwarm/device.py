@@ -252,6 +252,8 @@ class VirtualDevice:
         self._patch(cuda, "Stream", _VirtualStream)
         self._patch(cuda, "Event", _VirtualEvent)
         self._patch(cuda, "stream", lambda stream=None: contextlib.nullcontext())
+        if hasattr(torch, "accelerator"):  # engines ask it which device is current (vLLM's sampler choice)
+            self._patch(torch.accelerator, "current_device_index", lambda: 0)
 
         self._patch(driver_config, "_active", VirtualDriver(t))
 

@@ -68,6 +68,12 @@ class WorkItem:
     jit_keys: int = 0
     # True: a JIT that needs a GPU of the target kind (DeepGEMM); built and verified on one, never probed
     needs_gpu: bool = False
+    # the cache kind that builds, ships and verifies it (``aotwarm.kinds``): triton, deepgemm, flashinfer
+    kind: str = "triton"
+
+    def __post_init__(self) -> None:
+        if self.needs_gpu and self.kind == "triton":  # plans written before items named their kind
+            self.kind = "deepgemm"
 
 
 @dataclass
@@ -102,10 +108,14 @@ class Plan:
     format: int = PLAN_FORMAT
     aotwarm_version: str = __version__
 
+    def items_of(self, kind: str) -> list[WorkItem]:
+        """The items one cache kind builds, ships and verifies."""
+        return [i for i in self.items if i.kind == kind]
+
     @property
     def triton_items(self) -> list[WorkItem]:
         """Items compiled under the virtual target GPU (probe, GPU-less build, Triton verify)."""
-        return [i for i in self.items if not i.needs_gpu]
+        return self.items_of("triton")
 
     @property
     def gpu_items(self) -> list[WorkItem]:

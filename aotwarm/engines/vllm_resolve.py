@@ -276,6 +276,7 @@ def decide(model_dir: str, argv: list[str], target: Any, checkpoint: dict | None
         linears = _fp8_linears(model)
         modules = _module_kinds(model)
         moe = _moe_kinds(model, vc.scheduler_config.max_num_batched_tokens)
+        flashinfer = _flashinfer(model, vc)
     cc, sc, pc, comp, mc = (vc.cache_config, vc.scheduler_config, vc.parallel_config, vc.compilation_config,
                             vc.model_config)
     spec = vc.speculative_config
@@ -312,7 +313,7 @@ def decide(model_dir: str, argv: list[str], target: Any, checkpoint: dict | None
         "use_v2_model_runner": bool(getattr(vc, "use_v2_model_runner", False)),
     }
     return {"argv": argv, "resolved": resolved, "gdn": gdn, "layer_methods": methods, "moe": moe,
-            "fp8_linears": linears, "modules": modules,
+            "fp8_linears": linears, "modules": modules, "flashinfer": flashinfer,
             "checkpoint": loaded or {"source": (checkpoint or {}).get("source", "no checkpoint headers read")}}
 
 
@@ -390,6 +391,16 @@ def _moe_kinds(model: Any, max_tokens: int) -> list[dict]:
         except Exception as err:  # noqa: BLE001 -- recorded: the plan states the kind as not covered, with this
             kind["unswept"] = f"{type(err).__name__}: {_one_line(err)}"
     return kinds
+
+
+def _flashinfer(model: Any, vc: Any) -> dict:
+    """The FlashInfer JIT modules vLLM's call sites load (``vllm_flashinfer``), or why they could not be run."""
+    try:
+        from .vllm_flashinfer import flashinfer_facts
+
+        return flashinfer_facts(model, vc)
+    except Exception as err:  # noqa: BLE001 -- recorded: the flashinfer family states it as not covered
+        return {"error": f"{type(err).__name__}: {_one_line(err)}"}
 
 
 def _quant_methods(model: Any) -> list[dict]:
@@ -478,7 +489,8 @@ def _cache_key(config_text: str, argv: list[str], target: dict, gpus: int, check
     except importlib.metadata.PackageNotFoundError:
         record = ""
     here = Path(__file__)
-    parts = [record, *(here.with_name(n).read_text() for n in (here.name, "vllm_node.py", "vllm_moe.py", "vllm_codec.py")),
+    parts = [record, *(here.with_name(n).read_text() for n in (here.name, "vllm_node.py", "vllm_moe.py", "vllm_codec.py",
+                                                          "vllm_flashinfer.py")),
              config_text,
              json.dumps(argv), json.dumps(target, sort_keys=True), str(gpus), json.dumps(_vllm_env()),
              json.dumps(checkpoint, sort_keys=True)]

@@ -1,0 +1,101 @@
+"""``flashinfer``: the FlashInfer nvcc JIT modules a vLLM node loads for this config, built GPU-less.
+
+What vLLM loads is decided by vLLM's own call sites in the resolution child (``engines.vllm_flashinfer``):
+its sampler choice (``flashinfer_sampler_supported``) and sampling calls, and the FlashInfer kernel its
+FP8 block-scale linears chose.  Each module is named by FlashInfer itself (its ``gen_*`` function gives
+the spec; the build calls the same function).  One work item per module: nvcc for the target arch
+(``FLASHINFER_CUDA_ARCH_LIST``), no GPU, shipped as an AOT artifact (``kinds.flashinfer``).
+
+Stated, not built: the nested TRT-LLM DeepGEMM cubins ``fp8_blockscale_gemm_90`` compiles per GEMM shape
+at run time (config chosen by C++ heuristics from M and the SM count: a GPU of the target kind), the
+TP > 1 all-reduce fusion module, and the CuTe DSL kernels FlashInfer and vLLM compile in memory in every
+process (no disk cache exists to ship).
+"""
+
+from __future__ import annotations
+
+from ..engines import EngineInfo
+from ..model import ModelSpec
+from ..plan import FamilyCoverage, KernelCoverage, ServingArgs, WorkItem
+from ..targets import Target
+
+FAMILY = "flashinfer"
+OP = "flashinfer.module"
+NESTED_DG = ("fp8_blockscale_gemm_90 compiles TRT-LLM DeepGEMM cubins per GEMM shape at run time (nvcc, "
+             "$TRTLLM_DG_CACHE_DIR, config from C++ heuristics over M and the SM count): not in this bundle -- "
+             "they need a GPU of the target kind; the first decode batches below 32 tokens on a fresh node compile them")
+
+
+def _uncovered(serving: ServingArgs, target: Target, facts: dict) -> list[str]:
+    out: list[str] = []
+    resolved = serving.vllm.get("resolved", {})
+    if int(resolved.get("tensor_parallel_size", serving.tp)) > 1:
+        out.append("TP > 1: FlashInfer's all-reduce + RMSNorm fusion module (trtllm_comm), when vLLM's compile "
+                   "pass uses it, is not planned")
+    classes = {k.get("class", "").rpartition(":")[2] for k in serving.vllm.get("modules", [])}
+    gdn = serving.vllm.get("gdn") or {}
+    if "flashinfer" in str(gdn.get("prefill_backend", "")).lower():
+        out.append(f"GDN prefill through FlashInfer (vLLM's choice here: {gdn.get('prefill_backend')}) is CuTe DSL "
+                   "compiled in memory in every process (no disk cache to ship); --gdn-prefill-backend triton runs "
+                   "the fully bundled Triton kernels instead")
+    if "GateLinear" in classes and target.capability[0] >= 9:
+        out.append("MoE router GateLinear: vLLM's CuTe DSL bf16 router GEMM is compiled in memory at warm-up in "
+                   "every process (no disk cache to ship)")
+    for part in ("sampler", "fp8_blockscale"):
+        for err in (facts.get(part) or {}).get("errors", []):
+            out.append(f"{part}: vLLM's call site did not reach a FlashInfer module ({err})")
+    return out
+
+
+def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: EngineInfo
+                ) -> tuple[FamilyCoverage, list[WorkItem]]:
+    facts = serving.vllm.get("flashinfer")
+    if facts is None:
+        return FamilyCoverage(FAMILY, "not-covered", "the vLLM resolution of this plan did not report FlashInfer "
+                              "facts (re-run `aotwarm plan` with this aotwarm)"), []
+    if "error" in facts:
+        return FamilyCoverage(FAMILY, "not-covered", f"running vLLM's FlashInfer call sites failed: {facts['error']}",
+                              uncovered=["FlashInfer JIT modules are not planned for this config"]), []
+    modules: dict[str, dict] = {}
+    reasons: dict[str, list[str]] = {}
+    sampler = facts.get("sampler") or {}
+    for name, m in (sampler.get("modules") or {}).items():
+        modules.setdefault(name, m)
+        reasons.setdefault(name, []).append(f"vLLM's FlashInfer sampler ({sampler.get('runner')} runner): "
+                                            f"{', '.join(m.get('requests', []))} requests")
+    fp8 = facts.get("fp8_blockscale") or {}
+    for name, m in (fp8.get("modules") or {}).items():
+        modules.setdefault(name, m)
+        shapes = ", ".join(f"N={n} K={k}" for n, k in m.get("shapes", []))
+        reasons.setdefault(name, []).append(f"FP8 block-scale linears below M=32 ({', '.join(m.get('kernels', []))}; "
+                                            f"{shapes})")
+    uncovered = _uncovered(serving, target, facts)
+    if sampler.get("reason"):  # vLLM refuses to start with VLLM_USE_FLASHINFER_SAMPLER=1 here
+        uncovered.append(f"sampler: {sampler['reason']}")
+    items, kernels = [], []
+    for name in sorted(modules):
+        m = modules[name]
+        if not m.get("generator"):
+            uncovered.append(f"module {name}: {m.get('why')} (asked for by {m.get('caller')}): not built")
+            continue
+        items.append(WorkItem(f"flashinfer/{name}", FAMILY, OP, {"name": name, "generator": m["generator"]},
+                              "; ".join(reasons[name]), kind="flashinfer"))
+        kernels.append(KernelCoverage(name, f"{m['generator'].rpartition(':')[2]}() for {target.sm_name}",
+                                      reasons[name]))
+    if "fp8_blockscale_gemm_90" in modules:
+        uncovered.append(NESTED_DG)
+    if fp8.get("modules") and facts.get("has_flashinfer"):
+        uncovered.append("vLLM sends FP8 linears to FlashInfer only where its has_flashinfer() holds on the node "
+                         "(flashinfer-cubin installed, or nvcc and ninja present); elsewhere vLLM runs DeepGEMM / "
+                         "CUTLASS for them and fp8_blockscale_gemm_90 goes unused")
+    if not items:
+        return FamilyCoverage(FAMILY, "not-covered" if uncovered else "not-applicable",
+                              "vLLM's call sites load no FlashInfer nvcc module for this config", uncovered=uncovered), []
+    summary = (f"{len(items)} FlashInfer {facts.get('version')} nvcc module(s) vLLM loads on {target.sm_name}: "
+               f"{', '.join(i.params['name'] for i in items)}; built without a GPU, shipped as AOT artifacts "
+               f"(FLASHINFER_DISABLE_JIT=1 proves none compiles)")
+    return FamilyCoverage(FAMILY, "planned", summary, kernels, uncovered), items
+
+
+def audit_items(items: list[WorkItem], serving: ServingArgs, rng) -> list[WorkItem]:
+    return []  # modules are checked by loading them with FLASHINFER_DISABLE_JIT=1 (verify), not by the Triton probe
