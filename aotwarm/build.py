@@ -62,7 +62,20 @@ class BuildResult:
     launcher_note: str = ""
     cuda_utils_entry: str = ""  # Triton >= 3.8: re-keyed for the node's paths by install
     driver_launchers: set[str] = field(default_factory=set)  # cuda_utils built alone (a plan without Triton items)
-    deepgemm: dict = field(default_factory=lambda: {"status": "none", "items": []})
+    sections: dict[str, dict] = field(default_factory=dict)  # each other cache kind's build record, by kind name
+
+    @property
+    def deepgemm(self) -> dict:
+        return self.sections.get("deepgemm", {"status": "none", "items": []})
+
+    @property
+    def flashinfer(self) -> dict:
+        return self.sections.get("flashinfer", {"status": "none", "modules": []})
+
+    @property
+    def not_built(self) -> list[str]:
+        """Kinds with planned items this bundle lacks (built elsewhere or not at all)."""
+        return [name for name, section in self.sections.items() if section.get("status") == "not-built"]
 
     @property
     def failed(self) -> list[ItemOutcome]:
@@ -93,6 +106,8 @@ class BuildResult:
             "autotune_left_to_node": sum(r.provenance == "node" for r in self.autotune),
             "deepgemm": self.deepgemm["status"],
             "deepgemm_kernels": self.deepgemm.get("entries", 0),
+            "flashinfer": self.flashinfer["status"],
+            "flashinfer_modules": len(self.flashinfer.get("modules", [])) if self.flashinfer["status"] == "built" else 0,
             "seconds": round(self.seconds, 1),
         }
 
@@ -188,15 +203,21 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
 
     records = [r for o in result.outcomes if o.ok for r in o.autotune]
     result.autotune = assemble(records, measured, measured_source, reusable, options.pin_autotune)
-    if plan.gpu_items and on_phase:
-        on_phase(f"DeepGEMM: {len(plan.gpu_items)} shape(s) on this GPU")
-    from .deepgemm import build_section
+    from .kinds import SIDE_KINDS, BuildContext
 
-    result.deepgemm, dg_files = build_section(plan, work_dir / "deep_gemm", work_dir / "logs" / "deepgemm", jobs,
-                                              options.add_deepgemm, item_timeout)
-    if result.deepgemm["status"] == "failed" and not keep_going:
-        raise BuildIncomplete(f"DeepGEMM item {result.deepgemm['reason']}; no bundle written (re-run to resume: "
-                              f"compiled kernels stay in {work_dir / 'deep_gemm'})")
+    side_files: dict[str, bytes] = {}
+    ctx = BuildContext(plan, work_dir, jobs, item_timeout,
+                       {"deepgemm": _read_added(options.add_deepgemm)} if options.add_deepgemm else {})
+    for kind in SIDE_KINDS:
+        items = plan.items_of(kind.NAME)
+        if items and on_phase:
+            on_phase(f"{kind.NAME}: {len(items)} item(s)")
+        section, files = kind.build_section(ctx)
+        result.sections[kind.NAME] = section
+        side_files.update(files)
+        if section["status"] == "failed" and not keep_going:
+            raise BuildIncomplete(f"{kind.NAME}: {section['reason']}; no bundle written (re-run to resume: what was "
+                                  f"compiled stays in the work directory {work_dir})")
     from .launchers import cuda_utils_node_keyed
 
     if result.launcher_entries and cuda_utils_node_keyed():
@@ -204,7 +225,7 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
                                         if any((cache_root / e).glob("cuda_utils*"))), "")
     manifest = _manifest(plan, result)
     files = collect_entries(cache_root, result.entries | result.launcher_entries)
-    files.update(dg_files)
+    files.update(side_files)
     for r in result.autotune:
         if r.content is not None:
             files[f"triton/{r.disk_key}/{r.file_name}"] = r.content
@@ -215,6 +236,16 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
         raise BuildIncomplete(f"{len(result.failed)} work item(s) failed (first: {result.failed[0].id}: "
                               f"{result.failed[0].error}); bundle written to {output} without them")
     return result
+
+
+def _read_added(path: Path):
+    """``--add BUNDLE``, read and checked whole (a bundle the node would refuse is refused here)."""
+    from .bundle import read_bundle
+    from .kinds.base import AddedBundle
+
+    files: dict[str, bytes] = {}
+    manifest = read_bundle(Path(path), sink=files.__setitem__)
+    return AddedBundle(Path(path), manifest, files)
 
 
 def _driver_helper_alone(plan: Plan, env: dict, work_dir: Path, item_timeout: float) -> set[str]:
@@ -241,6 +272,7 @@ def _engine_runtime(result: BuildResult) -> dict:
 
 def _manifest(plan: Plan, result: BuildResult) -> dict:
     from .engines import detect_engine
+    from .kinds import SIDE_KINDS
 
     fp = fingerprint(arch=plan.target["capability"][0] * 10 + plan.target["capability"][1])
     engine = detect_engine(plan.engine["name"]).to_dict()
@@ -250,15 +282,16 @@ def _manifest(plan: Plan, result: BuildResult) -> dict:
     failed = {o.id: o.error for o in result.failed}
     counts = {p: sum(r.provenance == p for r in result.autotune) for p in ("measured", "reused", "pinned", "node")}
     coverage = []
-    dg = result.deepgemm
     for fam in plan.families:
         items = [i for i in plan.items if i.family == fam.family]
         status = "incomplete" if any(i.id in failed for i in items) else fam.status
         uncovered = list(fam.uncovered) + [f"work item {i.id} failed to build: {failed[i.id]}" for i in items
                                            if i.id in failed]
-        if any(i.needs_gpu for i in items) and dg["status"] != "built":
-            status = "not-built"
-            uncovered.append(f"DeepGEMM kernels not in this bundle: {dg.get('reason', dg['status'])}")
+        for kind in SIDE_KINDS:
+            section = result.sections.get(kind.NAME, {"status": "none"})
+            if any(i.kind == kind.NAME for i in items) and section["status"] != "built":
+                status = "not-built"
+                uncovered.append(f"{kind.LABEL} not in this bundle: {section.get('reason', section['status'])}")
         coverage.append({"family": fam.family, "status": status, "summary": fam.summary,
                          "kernels": [k.__dict__ for k in fam.kernels], "uncovered": uncovered,
                          "work_items": len(items)})
@@ -278,7 +311,7 @@ def _manifest(plan: Plan, result: BuildResult) -> dict:
         "launchers": {"included": bool(result.launcher_entries), "count": len(result.launcher_entries),
                       "python_abi": fp.python_abi, "note": result.launcher_note,
                       "node_keyed_entry": result.cuda_utils_entry},
-        "deepgemm": dg,
+        **{name: section for name, section in result.sections.items()},
     }
 
 

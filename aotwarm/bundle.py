@@ -1,6 +1,7 @@
-"""The bundle: one deterministic ``.tar.zst`` holding ``manifest.json`` and the Triton cache.
+"""The bundle: one deterministic ``.tar.zst`` holding ``manifest.json`` and the caches' files.
 
-Only this module and ``install.py`` know the format.  Writing is deterministic: members sorted,
+Only this module and ``install.py`` know the format; which member names are allowed is each cache
+kind's rule (``kinds``: ``triton/<entry>/<file>``, ``deep_gemm/cache/...``, ``flashinfer/<m>/<m>.so``).  Writing is deterministic: members sorted,
 mtime 0, owner 0/0 with empty names, fixed modes, single-threaded zstd with a frame checksum,
 and a manifest with no timestamps, so the same inputs give a byte-identical file.  The file ends
 with a zstd *skippable frame* (ignored by ``zstd``/``tar --zstd``) that holds the sha256 of every
@@ -16,13 +17,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import tarfile
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator
 
 from .errors import BadInput
 from .fsutil import atomic_write_bytes
+from .kinds import kind_of_member
+from .kinds.triton import CACHE_PLACEHOLDER, collect_entries, normalize_group_file, relocate_group_file
+
+__all__ = ["BUNDLE_FORMAT", "CACHE_PLACEHOLDER", "SinkError", "collect_entries", "normalize_group_file",
+           "read_bundle", "read_manifest", "relocate_group_file", "seal", "write_bundle"]
 
 BUNDLE_FORMAT = 2
 # zstd skippable frame: magic 0x184D2A5E, little-endian u32 length, then SEAL_TAG + sha256 digest.
@@ -31,13 +36,8 @@ SEAL_TAG = b"aotwarm-seal-v1\0"
 SEAL_HEADER = SEAL_MAGIC + (len(SEAL_TAG) + 32).to_bytes(4, "little") + SEAL_TAG
 SEAL_SIZE = len(SEAL_HEADER) + 32
 MANIFEST = "manifest.json"
-TRITON_PREFIX = "triton/"
-CACHE_PLACEHOLDER = "@AOTWARM_TRITON_CACHE_DIR@"
 ZSTD_LEVEL = 10
 MAX_MANIFEST_BYTES = 64 << 20
-_SAFE_NAME = re.compile(r"^triton/[A-Z2-7]{52}/[A-Za-z0-9_.\-]{1,255}$")
-# DeepGEMM JIT cache entries: deep_gemm/cache/<kernel>.<32 hex>/<file> (see aotwarm.deepgemm)
-_SAFE_DG_NAME = re.compile(r"^deep_gemm/cache/[A-Za-z0-9_]{1,128}\.[0-9a-f]{32}/(kernel\.cu|kernel\.cubin|meta\.json|\.committed)$")
 
 
 class SinkError(Exception):
@@ -51,43 +51,6 @@ class SinkError(Exception):
 def manifest_self_hash(manifest: dict) -> str:
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def normalize_group_file(data: bytes, cache_root: Path) -> bytes:
-    """Replace the builder's absolute cache path in a ``__grp__*.json`` with a placeholder."""
-    group = json.loads(data)
-    root = str(cache_root).rstrip("/") + "/"
-    paths = {}
-    for child, p in sorted(group.get("child_paths", {}).items()):
-        if not p.startswith(root):
-            raise ValueError(f"group file child {p} is outside the cache root {root}")
-        paths[child] = CACHE_PLACEHOLDER + "/" + p[len(root):]
-    return json.dumps({"child_paths": paths}, sort_keys=True).encode()
-
-
-def relocate_group_file(data: bytes, cache_dir: Path) -> bytes:
-    """Point a bundled group file's children at ``cache_dir`` (the node's TRITON_CACHE_DIR)."""
-    group = json.loads(data)
-    paths = {c: p.replace(CACHE_PLACEHOLDER, str(cache_dir).rstrip("/"), 1)
-             for c, p in group.get("child_paths", {}).items()}
-    return json.dumps({"child_paths": paths}).encode()
-
-
-def collect_entries(cache_root: Path, entries: set[str]) -> dict[str, bytes]:
-    """Read the files of the given cache entries, group files normalized; keys are archive paths."""
-    files: dict[str, bytes] = {}
-    for entry in sorted(entries):
-        entry_dir = cache_root / entry
-        if not entry_dir.is_dir():
-            raise BadInput(f"cache entry {entry} vanished from {cache_root} during the build: re-run the build")
-        for f in sorted(entry_dir.iterdir()):
-            if not f.is_file() or f.name.startswith("tmp."):
-                continue
-            data = f.read_bytes()
-            if f.name.startswith("__grp__"):
-                data = normalize_group_file(data, cache_root)
-            files[f"{TRITON_PREFIX}{entry}/{f.name}"] = data
-    return files
 
 
 def write_bundle(path: Path, manifest: dict, files: dict[str, bytes]) -> dict:
@@ -213,7 +176,7 @@ def _why(err: BaseException) -> str:
 
 
 def _check_member_name(name: str) -> None:
-    if name != MANIFEST and not _SAFE_NAME.match(name) and not _SAFE_DG_NAME.match(name):
+    if name != MANIFEST and kind_of_member(name) is None:
         raise BadInput(f"bundle member {name!r} has an unsafe or unexpected path: refusing the bundle")
     parts = PurePosixPath(name).parts
     if ".." in parts or name.startswith("/"):

@@ -70,7 +70,7 @@ def serving_options(fn):
         click.option("--max-prefill-batch", type=click.IntRange(1, 64),
                      help="fla: largest padded prefill batch (transformers generate() with several prompts; default 1)."),
         click.option("--family", "families", multiple=True, default=("all",), show_default=True,
-                     help="Kernel families to plan (repeatable): all, gdn, fused-moe, moe-wna16, shared-expert-gate, deepgemm, engine-layers."),
+                     help="Kernel families to plan (repeatable): all, gdn, fused-moe, moe-wna16, shared-expert-gate, deepgemm, flashinfer, engine-layers."),
         click.option("--num-sms", type=click.IntRange(1), help="Plan for a reduced SM count."),
         click.option("--mamba-ssm-cache-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
                      help="vLLM --mamba-ssm-cache-dtype."),
@@ -315,9 +315,15 @@ def build(model, plan_file, output, keep_going, work_dir, item_timeout, launcher
             if dg["status"] != "none":
                 console().print(f"DeepGEMM: {dg['status']}" + (f", {dg.get('entries', 0)} kernels" if dg["status"] == "built"
                                                                  else f" — {dg.get('reason', '')}"))
+            fi = result.flashinfer
+            if fi["status"] != "none":
+                console().print(f"FlashInfer: {fi['status']}" + (
+                    f", {len(fi['modules'])} module(s) ({', '.join(m['name'] for m in fi['modules'])}), nvcc "
+                    f"{fi['toolkit']['nvcc_release']} from {fi['toolkit']['nvcc_from']}" if fi["status"] == "built"
+                    else f" — {fi.get('reason', '')}"))
     if failure:
         raise failure
-    sys.exit(EXIT_PARTIAL if result.deepgemm["status"] == "not-built" else EXIT_OK)
+    sys.exit(EXIT_PARTIAL if result.not_built else EXIT_OK)
 
 
 @main.command()
@@ -360,11 +366,13 @@ def install(bundle: Path, dest: Path, print_env: bool, force: bool, as_json: boo
         click.echo(f"note: {note}", err=True)
     if print_env:
         for k, v in env.items():
-            click.echo(f"export {k}={v}")
+            # PYTHONPATH (FlashInfer's provider) goes in front of whatever the engine already has
+            click.echo(f"export {k}={v}" + ("${PYTHONPATH:+:$PYTHONPATH}" if k == "PYTHONPATH" else ""))
         return
     console().print(f"installed {res.files} files: {res.entries_added} cache entries added, "
                     f"{res.entries_present} already present, in {res.triton_cache}")
-    console().print("the engine needs: " + " ".join(f"{k}={v}" for k, v in env.items()))
+    console().print("the engine needs: " + " ".join(f"{k}={v}" for k, v in env.items())
+                    + (" (PYTHONPATH: in front of any the engine has)" if "PYTHONPATH" in env else ""))
 
 
 @main.command()

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     if argv[0] not in ("build", "verify"):
         print(f"unknown DeepGEMM worker mode {argv[0]}", file=sys.stderr)
         return 2
-    from .deepgemm import entries
+    from .kinds.deepgemm import entries
     from .worker import _protocol_stream, serve
 
     settings = json.loads(argv[1])

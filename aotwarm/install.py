@@ -4,13 +4,15 @@ Layout of DIR::
 
     DIR/triton -> .aotwarm-gen-<id>     TRITON_CACHE_DIR: a symlink to the current generation
     DIR/.aotwarm-gen-<id>/<entries>     Triton cache entries (kernels, autotune results, launchers)
+    DIR/.aotwarm-gen-<id>/.deep_gemm/   DeepGEMM's cache (DG_JIT_CACHE_DIR)
+    DIR/.aotwarm-gen-<id>/.flashinfer/  FlashInfer AOT modules and their provider package (PYTHONPATH)
     DIR/.aotwarm-gen-<id>/.aotwarm/     one record per installed bundle (its manifest)
     DIR/.aotwarm.lock                   serializes installers
 
 Every member is checked against the manifest before anything is written. A new generation is
-assembled beside the current one (hard links to the entries already installed, then the bundle's
-files, with Triton's group files pointed at ``DIR/triton/...``), and published with one atomic
-``rename`` of the symlink. An install killed at any point leaves ``DIR/triton`` either as it was or
+assembled beside the current one (hard links to the files already installed, then the bundle's
+members, each written by its cache kind's ``install_member``, then each kind's ``install_finish``), and
+published with one atomic ``rename`` of the symlink. An install killed at any point leaves ``DIR/triton`` either as it was or
 fully installed; leftovers of a killed install are hidden directories that the next install
 removes. Installs of different bundles merge (an entry both carry is taken whole from the bundle
 being installed); concurrent installs take turns on the lock.
@@ -26,14 +28,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bundle import TRITON_PREFIX, SinkError, read_bundle, relocate_group_file
-from .deepgemm import CACHE_PREFIX as DG_PREFIX
-from .deepgemm import INSTALL_SUBDIR
+from .bundle import SinkError, read_bundle
 from .errors import BadInput, Incompatible
+from .kinds import KINDS, InstallContext, kind_of_member
 from .fsutil import sha256_file
 
 GEN_PREFIX = ".aotwarm-gen-"
-STAGE_SUFFIX = ".staging"
 RECORDS = ".aotwarm"
 
 
@@ -53,27 +53,15 @@ class InstallResult:
 
 
 def engine_env(dest: Path, manifest: dict | None = None) -> dict[str, str]:
-    """What the serving engine's environment needs to use an installed bundle."""
-    env = {
-        "TRITON_CACHE_DIR": str(Path(dest).absolute() / "triton"),
-        # autotune results are read from the cache dir only if this is set before the engine imports its kernels
-        "TRITON_CACHE_AUTOTUNING": "1",
-    }
-    if has_deepgemm(manifest):
-        env["DG_JIT_CACHE_DIR"] = str(deepgemm_dir(dest))
-    if (manifest or {}).get("launchers", {}).get("node_keyed_entry") and os.environ.get("TRITON_LIBCUDA_PATH"):
-        # Triton >= 3.8 keys cuda_utils by it: the engine must see the value install keyed it with
-        env["TRITON_LIBCUDA_PATH"] = os.environ["TRITON_LIBCUDA_PATH"]
-    return env
+    """What the serving engine's environment needs to use an installed bundle (every cache kind's part)."""
+    from .kinds import engine_env as kinds_env
+
+    return kinds_env(cache_dir(dest), manifest)
 
 
-def has_deepgemm(manifest: dict | None) -> bool:
-    return bool(manifest) and (manifest.get("deepgemm") or {}).get("status") == "built"
-
-
-def deepgemm_dir(dest: Path) -> Path:
-    """DG_JIT_CACHE_DIR of an install: inside the Triton generation, so one rename publishes both caches."""
-    return Path(dest).absolute() / "triton" / INSTALL_SUBDIR
+def cache_dir(dest: Path) -> Path:
+    """The stable path of an install (``DIR/triton``: the symlink to the published generation)."""
+    return Path(dest).absolute() / "triton"
 
 
 def _prepare_dest(dest: Path) -> None:
@@ -118,20 +106,13 @@ def _link_tree(src: Path, dst: Path) -> None:
                 shutil.copy2(Path(root) / name, out / name)
 
 
-def _same_entry(a: Path, b: Path) -> bool:
-    files_a = sorted(p.name for p in a.iterdir())
-    if files_a != sorted(p.name for p in b.iterdir()):
-        return False
-    return all((a / n).read_bytes() == (b / n).read_bytes() for n in files_a)
-
-
 def check_compatible(manifest: dict) -> None:
     """Refuse (exit 3) a bundle whose keys cannot match this environment, when Triton is here to ask."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return
-    from .verify import preflight
+    from .preflight import preflight
 
     mismatches = preflight(manifest, gpu=None)
     if mismatches:
@@ -185,68 +166,22 @@ def _assemble(bundle: Path, manifest: dict, dest: Path, current: Path | None, ne
     new.mkdir()
     if current is not None:
         _link_tree(current, new)
-    staging = new / (RECORDS + STAGE_SUFFIX)
-    staging.mkdir()
-    cache_dir = dest / "triton"
-    count = [0]
-    notes: list[str] = []
-    rekey = _launcher_rekey(manifest, notes)
+    ctx = InstallContext(dest=dest, generation=new, cache_dir=dest / "triton", manifest=manifest)
 
     def write(name: str, data: bytes) -> None:
-        if name.startswith(DG_PREFIX):  # DeepGEMM entries are keyed by content; the new generation is not
-            target = new / INSTALL_SUBDIR / name[len(DG_PREFIX):]  # published yet, so plain writes are safe
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.unlink(missing_ok=True)  # a hard link to the current generation's copy: never write through it
-            target.write_bytes(data)
-            count[0] += 1
-            return
-        entry, _, member = name[len(TRITON_PREFIX):].partition("/")
-        if entry in rekey:
-            if rekey[entry] is None:
-                return
-            entry = rekey[entry]
-        target = staging / entry / member
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.name.startswith("__grp__"):
-            data = relocate_group_file(data, cache_dir)
-        target.write_bytes(data)
-        count[0] += 1
+        kind = kind_of_member(name)  # read_bundle has checked every name against the kinds' rules
+        if kind is None:
+            raise BadInput(f"bundle member {name!r} belongs to no cache kind: refusing the bundle")
+        kind.install_member(ctx, name, data)
 
     read_bundle(bundle, sink=write)  # pass 2: the same checks again while writing
-    added = present = 0
-    for entry in sorted(p for p in staging.iterdir() if p.is_dir()):
-        final = new / entry.name
-        if final.exists():
-            if _same_entry(entry, final):
-                present += 1
-                continue
-            shutil.rmtree(final)  # same key, other bytes: take the bundle's entry whole
-        os.rename(entry, final)
-        added += 1
-    shutil.rmtree(staging)
+    for kind in KINDS:
+        kind.install_finish(ctx)
     records = new / RECORDS
     records.mkdir(exist_ok=True)
     record = {"bundle": str(bundle.resolve()), "bundle_sha256": bundle_sha, "manifest": manifest}
     (records / f"{bundle_sha}.json").write_text(json.dumps(record, indent=1, sort_keys=True))
-    return InstallResult(dest, cache_dir, added, present, count[0], bundle_sha, manifest, notes)
-
-
-def _launcher_rekey(manifest: dict, notes: list[str]) -> dict[str, str | None]:
-    """Triton >= 3.8 looks ``cuda_utils`` up under a key holding this node's paths: the bundle's entry
-    -> this node's entry (None: not installable here, with a note saying why and what to do)."""
-    entry = (manifest.get("launchers") or {}).get("node_keyed_entry")
-    if not entry:
-        return {}
-    try:
-        from .launchers import node_cuda_utils_entry
-
-        node_entry, how = node_cuda_utils_entry()
-    except ImportError:
-        node_entry, how = None, "Triton is not importable here, so its key for cuda_utils cannot be computed"
-    if node_entry is None:
-        notes.append(f"cuda_utils not installed: {how}; without it the engine compiles it with the node's C "
-                     f"compiler on first use")
-    return {entry: node_entry}
+    return InstallResult(dest, ctx.cache_dir, ctx.added, ctx.present, ctx.files, bundle_sha, manifest, ctx.notes)
 
 
 def require_installed(bundle: Path, dest: Path) -> None:

@@ -122,6 +122,8 @@ def build_table(summary: dict, bundle: str | None) -> Table:
     ]
     if s.get("deepgemm", "none") != "none":
         rows.insert(-1, ("DeepGEMM", f"{s['deepgemm']}, {s['deepgemm_kernels']} kernels"))
+    if s.get("flashinfer", "none") != "none":
+        rows.insert(-1, ("FlashInfer", f"{s['flashinfer']}, {s['flashinfer_modules']} modules"))
     for row in rows:
         t.add_row(*row)
     return t
@@ -151,6 +153,9 @@ def inspect_tables(manifest: dict, path: str) -> list:
     dg = manifest.get("deepgemm") or {}
     if dg.get("status", "none") != "none":
         rows.append(("DeepGEMM", _deepgemm_line(dg)))
+    fi = manifest.get("flashinfer") or {}
+    if fi.get("status", "none") != "none":
+        rows.append(("FlashInfer", _flashinfer_line(fi)))
     decisions = manifest["plan"].get("serving", {}).get("vllm")
     if decisions:
         rows += [(f"vLLM: {k}", v) for k, v in decisions_rows(decisions)]
@@ -174,6 +179,15 @@ def _deepgemm_line(dg: dict) -> str:
     i = dg["identity"]
     return (f"{dg['entries']} kernels for {len(dg['items'])} shapes — DeepGEMM {i.get('version')} (headers "
             f"{str(i.get('include_sha256'))[:12]}), nvcc {i.get('nvcc')}, sm_{i.get('arch')}, {i.get('num_sms')} SMs")
+
+
+def _flashinfer_line(fi: dict) -> str:
+    if fi["status"] != "built":
+        return f"{fi['status']}: {fi.get('reason', '')}"
+    i, t = fi["identity"], fi["toolkit"]
+    return (f"{', '.join(m['name'] for m in fi['modules'])} — FlashInfer {i.get('flashinfer_version')}, "
+            f"{', '.join(i.get('cuda_architectures', []))}, nvcc {t['nvcc_release']} ({t['nvcc_from']}), CUDA runtime "
+            f"{i.get('cuda_runtime')}; install puts the provider on PYTHONPATH")
 
 
 def _autotune_line(c: dict) -> str:
@@ -223,6 +237,13 @@ def verify_tables(report) -> list:
         if dg["failed_items"]:
             out.append(_list_table("DeepGEMM items that failed (a kernel was missing: the sentinel refused to compile)",
                                    "item: error", dg["failed_items"]))
+    fi = report.sections.get("flashinfer") or {}
+    if fi.get("status") == "verified":
+        out.append(_list_table(f"FlashInfer modules loaded with FLASHINFER_DISABLE_JIT=1 "
+                               f"({len(fi['loaded'])} of {fi['modules']})", "module", fi["loaded"] or ["none"]))
+        if fi["failed"]:
+            out.append(_list_table("FlashInfer modules that did not load from the bundle (they would compile)",
+                                   "module: error", fi["failed"]))
     if report.misses:
         m = Table(title="Misses")
         for col in ("work item", "kernel", "signature", "constexprs"):

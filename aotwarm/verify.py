@@ -2,7 +2,9 @@
 
 The replay runs every work item of the bundle's plan in a child process, with real tensors on the
 real GPU through the engine's own functions, and counts ``compile()`` calls that missed the disk
-cache (``knobs.compilation.listener``'s ``cache_hit``).  Pass means zero misses.
+cache (``knobs.compilation.listener``'s ``cache_hit``).  Every other cache kind (``kinds.SIDE_KINDS``:
+DeepGEMM, FlashInfer) then runs its own verify hook against the install.  Pass means zero misses and no
+kind reporting a failure.
 """
 
 from __future__ import annotations
@@ -13,21 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .bundle import read_bundle
-from .errors import BadInput, Incompatible
-from .install import engine_env, require_installed
+from .errors import Incompatible
+from .install import cache_dir, engine_env, require_installed
+from .kinds import SIDE_KINDS, Mismatch
 from .plan import Plan
 from .pool import PoolOptions, Task, run_tasks
+from .preflight import preflight
 
-
-@dataclass(frozen=True)
-class Mismatch:
-    field: str
-    bundle: str
-    node: str
-    hint: str
-
-    def line(self) -> str:
-        return f"{self.field}: bundle has {self.bundle}, this node has {self.node} ({self.hint})"
+__all__ = ["Mismatch", "VerifyReport", "preflight", "verify"]
 
 
 @dataclass
@@ -47,21 +42,32 @@ class VerifyReport:
     node_autotune_results: int = 0
     seconds: float = 0.0
 
-    deepgemm: dict = field(default_factory=dict)  # DeepGEMM replay: new kernels, compiler calls (must be 0)
+    sections: dict = field(default_factory=dict)  # each other cache kind's verify report, by kind name
 
     expect_no_benchmarks: bool = False  # the bundle ships results for every planned autotune key
     expect_no_c_builds: bool = False  # the bundle ships the launchers
 
     @property
+    def deepgemm(self) -> dict:
+        return self.sections.get("deepgemm", {})
+
+    @property
+    def kind_failures(self) -> list[str]:
+        """What the other cache kinds' verify hooks found wrong."""
+        return [f for kind in SIDE_KINDS if kind.NAME in self.sections
+                for f in kind.verify_failures(self.sections[kind.NAME])]
+
+    @property
     def passed(self) -> bool:
-        dg = self.deepgemm
-        return (not self.preflight and not self.misses and not self.failed_items
-                and not dg.get("new_kernels") and not dg.get("compile_attempts") and not dg.get("failed_items")
+        return (not self.preflight and not self.misses and not self.failed_items and not self.kind_failures
                 and not (self.expect_no_benchmarks and self.benchmarks)
                 and not (self.expect_no_c_builds and self.c_builds))
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        sections = d.pop("sections")
+        d.update(sections)  # "deepgemm", "flashinfer": top-level keys of the JSON report
+        d["kind_failures"] = self.kind_failures
         d["passed"] = self.passed
         return d
 
@@ -75,56 +81,6 @@ def _gpu_facts() -> dict:
     props = torch.cuda.get_device_properties(0)
     return {"name": props.name, "capability": [props.major, props.minor], "num_sms": props.multi_processor_count,
             "smem_optin": getattr(props, "shared_memory_per_block_optin", None)}
-
-
-def preflight(manifest: dict, gpu: dict | None) -> list[Mismatch]:
-    """Compare what the bundle was built for with this node; every difference that makes keys differ."""
-    from .engines import detect_engine
-    from .envinfo import fingerprint
-
-    target = manifest["target"]
-    arch = target["capability"][0] * 10 + target["capability"][1]
-    built = manifest["fingerprint"]
-    node = fingerprint(arch=arch).to_dict()
-    out: list[Mismatch] = []
-
-    def cmp(name: str, a, b, hint: str) -> None:
-        if a != b:
-            out.append(Mismatch(name, str(a), str(b), hint))
-
-    cmp("python_abi", built["python_abi"], node["python_abi"],
-        "Triton's key hashes libtriton.so, which differs per CPython minor: build with the node's Python")
-    cmp("triton_version", built["triton_version"], node["triton_version"], "build with the node's Triton wheel")
-    cmp("triton_key", built["triton_key_sha256"][:16], node["triton_key_sha256"][:16],
-        "a different Triton build (wheel, index or source): build with the node's exact Triton")
-    cmp(f"compiler backend (sm{arch})", built["backend_hash_sha256"].get(str(arch), "?")[:16],
-        node["backend_hash_sha256"].get(str(arch), "?")[:16], "ptxas differs (TRITON_PTXAS_PATH or another Triton)")
-    for var in sorted(set(built["key_env"]) | set(node["key_env"])):
-        cmp(f"env {var}", built["key_env"].get(var, "<unset>"), node["key_env"].get(var, "<unset>"),
-            "this variable enters Triton's cache key: set it identically (unset is not the same as 0)")
-    try:
-        eng = detect_engine(manifest["engine"]["name"]).to_dict()
-        cmp(f"engine {eng['name']} version", manifest["engine"]["version"], eng["version"],
-            "install the engine version the bundle was built with")
-        cmp(f"engine {eng['name']} sources", manifest["engine"]["source_sha256"][:16], eng["source_sha256"][:16],
-            "kernel source text and line numbers are in the key: use the identical engine build")
-    except BadInput as err:
-        out.append(Mismatch(f"engine {manifest['engine']['name']}", manifest["engine"]["version"], "not installed", str(err)))
-    from .install import has_deepgemm
-
-    if has_deepgemm(manifest):
-        from .deepgemm import identity_mismatches
-
-        out.extend(identity_mismatches(manifest["deepgemm"], gpu=gpu is not None))
-    if gpu is not None:
-        cmp("GPU compute capability", ".".join(map(str, target["capability"])), ".".join(map(str, gpu["capability"])),
-            "build for this node's arch (--gpu)")
-        if manifest["plan"].get("sm_count_sensitive"):
-            cmp("GPU SM count", target["num_sms"], gpu["num_sms"], "the plan depends on the SM count: --gpu/--num-sms")
-        if gpu.get("smem_optin") is not None:
-            cmp("GPU shared memory per block (opt-in)", target["smem_optin"], gpu["smem_optin"],
-                "kernel config lists depend on it: build for this GPU's profile")
-    return out
 
 
 def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) -> VerifyReport:
@@ -176,11 +132,9 @@ def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) ->
                            log_dir=Path(logs), item_timeout=timeout, keep_going=True)
         if plan.triton_items:
             run_tasks([Task(i.id, i.op, i.params) for i in plan.triton_items], opts, collect)
-    if plan.gpu_items:
-        from .deepgemm import verify_section
-        from .install import deepgemm_dir
-
-        report.deepgemm = verify_section(plan, manifest.get("deepgemm", {}), deepgemm_dir(dest), timeout)
+    for kind in SIDE_KINDS:
+        if plan.items_of(kind.NAME):
+            report.sections[kind.NAME] = kind.verify_section(plan, manifest, cache_dir(dest), timeout)
     report.unplanned_keys = sorted(unplanned)
     used = {m["entry"] for m in report.misses} | hit_entries
     bundle_entries: dict[str, str] = {}

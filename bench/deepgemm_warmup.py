@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def child(plan_path: str, cache_dir: str, item_id: str) -> None:
     os.environ["DG_JIT_CACHE_DIR"] = cache_dir
     sys.path.insert(0, str(ROOT))
-    from aotwarm.deepgemm import entries
+    from aotwarm.kinds.deepgemm import entries
     from aotwarm.engines import vllm_deepgemm
 
     plan = json.loads(Path(plan_path).read_text())
@@ -55,13 +55,14 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from aotwarm.install import deepgemm_dir, install
+    from aotwarm.install import cache_dir, install
+    from aotwarm.kinds.deepgemm import INSTALL_SUBDIR
 
     with tempfile.TemporaryDirectory(prefix="aotwarm-dg-bench-") as tmp:
         tmp = Path(tmp)
         manifest, plan_path = bench_child.bundle_plan(Path(args.bundle), tmp)
         install(Path(args.bundle), tmp / "node" / "dir")
-        conditions = {"empty": tmp / "empty", "bundle": deepgemm_dir(tmp / "node" / "dir")}
+        conditions = {"empty": tmp / "empty", "bundle": cache_dir(tmp / "node" / "dir") / INSTALL_SUBDIR}
         out = {"device": torch.cuda.get_device_name(0), "bundle_kernels": manifest["deepgemm"].get("entries"),
                "shapes": {}}
         print("| shape | warmup calls (vLLM relax M values) | empty: seconds | empty: kernels compiled "

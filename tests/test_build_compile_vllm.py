@@ -31,7 +31,7 @@ CHECKPOINT = {"store_cache_checkpoints_kernel"}
                                                ("b200", 100, DECODE_AND_MISC | CHECKPOINT)])
 def test_vllm_gdn_kernels_compile_gpu_less(tmp_path, gpu, arch, expected):
     out = tmp_path / f"{gpu}.tar.zst"
-    proc = run_cli("build", str(QWEN35_9B), "--gpu", gpu, "--engine", "vllm", "--no-launchers", "-j", "2",
+    proc = run_cli("build", str(QWEN35_9B), "--gpu", gpu, "--engine", "vllm", "--family", "gdn", "--no-launchers", "-j", "2",
                    "-o", str(out), "--json", *VLLM_ARGS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)["summary"]

@@ -143,12 +143,22 @@ def hostile_cases(base):
         "manifest-edited": [_info("manifest.json", man.replace(b'"aotwarm_version": "test"', b'"aotwarm_version": "evil"')),
                             _info(GOOD, b"cubin")],
     }
+    # members of the other cache kinds that break their name rules (listed in the manifest, so only the rule refuses)
+    for case, name in (("flashinfer-dotdot", "flashinfer/../../x.so"), ("flashinfer-other-name", "flashinfer/a/b.so"),
+                       ("flashinfer-not-so", "flashinfer/sampling/sampling.py"),
+                       ("flashinfer-nested", "flashinfer/sampling/x/sampling.so"),
+                       ("deepgemm-odd-file", "deep_gemm/cache/kernel." + "0" * 32 + "/run.sh"),
+                       ("no-kind", "elsewhere/file.bin")):
+        listed = {**payload, name: b"x"}
+        cases[case] = [_info("manifest.json", _manifest_for(listed, base)), _info(GOOD, b"cubin"), _info(name, b"x")]
     return {k: _raw_tar(v) for k, v in cases.items()}
 
 
 @pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink", "hardlink", "device", "fifo", "duplicate",
                                   "unlisted", "wrong-size", "swapped-content", "missing-file",
-                                  "manifest-not-first", "future-format", "manifest-edited"])
+                                  "manifest-not-first", "future-format", "manifest-edited", "flashinfer-dotdot",
+                                  "flashinfer-other-name", "flashinfer-not-so", "flashinfer-nested",
+                                  "deepgemm-odd-file", "no-kind"])
 def test_hostile_bundle_rejected_before_writing(tmp_path, base_manifest, case):
     bundle = tmp_path / f"{case}.tar.zst"
     bundle.write_bytes(hostile_cases(base_manifest)[case])

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from aotwarm import deepgemm
+from aotwarm.kinds import deepgemm
 from aotwarm.errors import BadInput
 from aotwarm.model import load_model
 from aotwarm.plan import ServingArgs

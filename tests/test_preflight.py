@@ -48,6 +48,15 @@ def test_each_mismatch_is_named_with_both_values(manifest, path, value, field):
     assert out[0].bundle.startswith(str(value)[:16]) and out[0].bundle != out[0].node
 
 
+def test_triton_identity_only_binds_bundles_with_triton_files(manifest):
+    """A bundle of FlashInfer modules only does not depend on the node's Python or Triton build."""
+    other = mutated(manifest, ("fingerprint", "python_abi"), "cpython-312-x86_64-linux-gnu")
+    other["files"] = [{"path": "flashinfer/sampling/sampling.so", "size": 1, "sha256": "0" * 64}]
+    assert preflight(other, GPU) == []
+    other["files"].append({"path": "triton/" + "A" * 52 + "/k.cubin", "size": 1, "sha256": "0" * 64})
+    assert [m.field for m in preflight(other, GPU)] == ["python_abi"]
+
+
 def test_env_var_set_to_zero_differs_from_unset(manifest, monkeypatch):
     monkeypatch.setenv("TRITON_DISABLE_LINE_INFO", "0")
     out = preflight(manifest, GPU)

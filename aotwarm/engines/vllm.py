@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import BadInput
 from . import EngineInfo, package_location, package_source_sha256, torch_dtype, vllm_moe
+from .vllm_platform import setup_worker_device as _setup
 
 SUPPORTED = ("0.33.",)
 ALLOW_ENV = "AOTWARM_ALLOW_ENGINE_VERSION"
@@ -64,18 +65,6 @@ def kernel_sources_sha256(location: Path) -> str:
 
 
 # -- shared tensor set-up --------------------------------------------------------------------------
-
-
-def _setup(device: str) -> None:
-    from .vllm_platform import ensure_cuda_platform
-
-    ensure_cuda_platform(force=(device == "cpu"))
-    if device == "cpu":
-        # Build workers hold CPU tensors: vLLM's host->device staging would ask for pinned memory,
-        # which needs a real GPU.  It is a copy detail that no kernel key depends on.
-        import vllm.utils.torch_utils as torch_utils
-
-        torch_utils.PIN_MEMORY = False
 
 
 def state_views(state: dict, blocks: int, device: str) -> tuple:

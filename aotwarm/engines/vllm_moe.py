@@ -229,7 +229,7 @@ def sweep(facts: dict, max_tokens: int) -> list[dict]:
 
 def fused_moe_experts(p: dict[str, Any], device: str) -> None:
     """Op: vLLM's MoE kernel for one layer kind at ``p["tokens"]`` tokens."""
-    from .vllm import _setup
+    from .vllm_platform import setup_worker_device
 
-    _setup(device)
+    setup_worker_device(device)
     Experts(p["moe"], device).run(p["tokens"], seed=p.get("seed", 0))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 plan_path, cache_dir, seed, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 os.environ["DG_JIT_CACHE_DIR"] = cache_dir
-from aotwarm.deepgemm import entries, sentinel_compiler  # noqa: E402
+from aotwarm.kinds.deepgemm import entries, sentinel_compiler  # noqa: E402
 from aotwarm.engines import vllm_deepgemm  # noqa: E402
 from aotwarm.plan import Plan  # noqa: E402
 

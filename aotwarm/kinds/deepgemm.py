@@ -1,4 +1,4 @@
-"""DeepGEMM part of a bundle: build it on a GPU of the target kind, check identity, verify zero compiles.
+"""DeepGEMM as a cache kind: build it on a GPU of the target kind, check identity, verify zero compiles.
 
 A plan's DeepGEMM items (``WorkItem.needs_gpu``) run in ``pool.py`` workers
 (``aotwarm.deepgemm_worker``: crash-isolated, per-item time limit, a log each) with
@@ -13,27 +13,67 @@ hit, a different SM count (``set_num_sms``) compiles new kernels, and DeepGEMM r
 ``nvcc --version`` even when every kernel is cached.  The manifest therefore records the library
 version and header digest, the nvcc release, the arch and the SM count, and install / verify refuse a
 node where any of them differ.
+
+Installed under the generation (``DIR/triton/.deep_gemm``, the engine's ``DG_JIT_CACHE_DIR``): entries are
+keyed by content, so they are written as shipped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .plan import Plan, WorkItem
+from ..plan import Plan, WorkItem
+from .base import AddedBundle, BuildContext, InstallContext, Mismatch, write_fresh
 
-if TYPE_CHECKING:
-    from .verify import Mismatch
-
-CACHE_PREFIX = "deep_gemm/"
+LABEL = "DeepGEMM kernels"  # how output names this kind's files
+NAME = "deepgemm"
+PREFIX = "deep_gemm/"
 INSTALL_SUBDIR = ".deep_gemm"  # inside the installed Triton generation: one atomic publish for both caches
+# DeepGEMM JIT cache entries: deep_gemm/cache/<kernel>.<32 hex>/<file>
+_MEMBER = re.compile(r"^deep_gemm/cache/[A-Za-z0-9_]{1,128}\.[0-9a-f]{32}/(kernel\.cu|kernel\.cubin|meta\.json|\.committed)$")
+
+
+def member_ok(name: str) -> bool:
+    return bool(_MEMBER.match(name))
+
+
+def shipped(manifest: dict | None) -> bool:
+    return bool(manifest) and (manifest.get(NAME) or {}).get("status") == "built"
+
+
+def install_member(ctx: InstallContext, name: str, data: bytes) -> None:
+    write_fresh(ctx.generation / INSTALL_SUBDIR / name[len(PREFIX):], data)
+    ctx.files += 1
+
+
+def install_finish(ctx: InstallContext) -> None:
+    return None
+
+
+def engine_env(cache_dir: Path, manifest: dict) -> dict[str, str]:
+    return {"DG_JIT_CACHE_DIR": str(cache_dir / INSTALL_SUBDIR)} if shipped(manifest) else {}
+
+
+def mismatches(manifest: dict, gpu: dict | None) -> list[Mismatch]:
+    return identity_mismatches(manifest[NAME], gpu=gpu is not None) if shipped(manifest) else []
+
+
+def verify_failures(report: dict) -> list[str]:
+    out = []
+    if report.get("new_kernels"):
+        out.append(f"DeepGEMM compiled {report['new_kernels']} kernel(s) the bundle lacks")
+    if report.get("compile_attempts"):
+        out.append(f"DeepGEMM ran nvcc {report['compile_attempts']} time(s)")
+    out.extend(f"DeepGEMM item {f}" for f in report.get("failed_items", []))
+    return out
 
 
 @dataclass
@@ -73,7 +113,7 @@ def gpu_problem(plan: Plan) -> str | None:
 def run_items(items: list[WorkItem], mode: str, cache_dir: Path, log_dir: Path, jobs: int, settings: dict,
               e8m0: bool, extra_env: dict[str, str] | None = None, timeout: float = 1800.0) -> list[GpuItemOutcome]:
     """Run the items' sweeps in ``pool.py`` workers (``aotwarm.deepgemm_worker``) against ``cache_dir``."""
-    from .pool import PoolOptions, Task, run_tasks
+    from ..pool import PoolOptions, Task, run_tasks
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DG_JIT_CACHE_DIR": str(cache_dir), **(extra_env or {}),
@@ -88,21 +128,22 @@ def run_items(items: list[WorkItem], mode: str, cache_dir: Path, log_dir: Path, 
             for i in items for r in [results.get(i.id, {"error": "not run"})]]
 
 
-def build_section(plan: Plan, cache_dir: Path, log_dir: Path, jobs: int, add_from: Path | None = None,
-                  timeout: float = 1800.0) -> tuple[dict, dict[str, bytes]]:
-    """Build the plan's DeepGEMM items here, or take them from ``add_from`` (a bundle built on a GPU node),
+def build_section(ctx: BuildContext) -> tuple[dict, dict[str, bytes]]:
+    """Build the plan's DeepGEMM items here, or take them from ``--add`` (a bundle built on a GPU node),
     or record why not; returns (manifest section, bundle files)."""
-    items = plan.gpu_items
+    plan, jobs, timeout, add_from = ctx.plan, ctx.jobs, ctx.timeout, ctx.add_from.get(NAME)
+    cache_dir, log_dir = ctx.work_dir / "deep_gemm", ctx.work_dir / "logs" / "deepgemm"
+    items = plan.items_of(NAME)
     if not items:
         return {"status": "none", "items": []}, {}
     if add_from is not None:
-        return section_from_bundle(plan, Path(add_from))
+        return section_from_bundle(plan, add_from)
     problem = gpu_problem(plan)
     if problem is not None:
         return {"status": "not-built", "reason": f"{problem}: DeepGEMM compiles on a GPU of the target kind "
                 f"({plan.target['name']}); build there, or --add a bundle built there",
                 "items": [{"id": i.id, "built": False} for i in items]}, {}
-    from .engines.vllm_deepgemm import library_identity
+    from ..engines.vllm_deepgemm import library_identity
 
     settings = {"num_sms": plan.target["num_sms"], "max_tokens": plan.serving["max_num_batched_tokens"],
                 "count_warmup": True}
@@ -118,21 +159,19 @@ def build_section(plan: Plan, cache_dir: Path, log_dir: Path, jobs: int, add_fro
             "library_root_at_build": library_root, "items": [asdict(o) for o in outcomes]}, collect(cache_dir)
 
 
-def section_from_bundle(plan: Plan, other: Path) -> tuple[dict, dict[str, bytes]]:
+def section_from_bundle(plan: Plan, added: AddedBundle) -> tuple[dict, dict[str, bytes]]:
     """``--add``: the DeepGEMM part of another bundle, when it covers this plan's shapes with this DeepGEMM."""
-    from .bundle import read_bundle
-    from .engines.vllm_deepgemm import library_identity
-    from .errors import BadInput
+    from ..engines.vllm_deepgemm import library_identity
+    from ..errors import BadInput
 
-    files: dict[str, bytes] = {}
-    manifest = read_bundle(other, sink=lambda name, data: files.__setitem__(name, data)
-                           if name.startswith(CACHE_PREFIX) else None)
+    other, manifest = added.path, added.manifest
+    files = {name: data for name, data in added.files.items() if name.startswith(PREFIX)}
     section = manifest.get("deepgemm") or {}
     if section.get("status") != "built":
         raise BadInput(f"--add {other}: that bundle has no built DeepGEMM part (status {section.get('status')!r}): "
                        "build it on a GPU of the target kind first")
     theirs = {i["id"]: i["params"] for i in manifest["plan"]["items"] if i.get("needs_gpu")}
-    missing = [i.id for i in plan.gpu_items if theirs.get(i.id) != i.params]
+    missing = [i.id for i in plan.items_of(NAME) if theirs.get(i.id) != i.params]
     if missing:
         raise BadInput(f"--add {other}: it does not cover DeepGEMM shape {missing[0]} of this plan "
                        f"({len(missing)} missing): build it from this plan (`aotwarm build --plan`) on the GPU node")
@@ -167,7 +206,7 @@ def collect(cache_dir: Path) -> dict[str, bytes]:
             continue  # an entry another process is still writing
         for f in sorted(folder.iterdir()):
             if f.is_file():
-                files[f"{CACHE_PREFIX}cache/{name}/{f.name}"] = f.read_bytes()
+                files[f"{PREFIX}cache/{name}/{f.name}"] = f.read_bytes()
     return files
 
 
@@ -175,8 +214,7 @@ def identity_mismatches(section: dict, gpu: bool) -> list[Mismatch]:
     """Refusals for a node whose DeepGEMM, nvcc (or, with ``gpu``, arch / SM count) differ from the build's."""
     if section.get("status") != "built":
         return []
-    from .engines.vllm_deepgemm import library_identity
-    from .verify import Mismatch
+    from ..engines.vllm_deepgemm import library_identity
 
     want = section["identity"]
     have = library_identity()
@@ -201,7 +239,7 @@ def identity_mismatches(section: dict, gpu: bool) -> list[Mismatch]:
 
 def sentinel_compiler(folder: Path) -> tuple[str, Path]:
     """An nvcc stand-in for verify: answers ``--version`` like the real one, logs and fails any compile."""
-    from .engines.vllm_deepgemm import _nvcc
+    from ..engines.vllm_deepgemm import _nvcc
 
     log = folder / "nvcc-calls.log"
     script = folder / "nvcc"
@@ -211,9 +249,12 @@ def sentinel_compiler(folder: Path) -> tuple[str, Path]:
     return str(script), log
 
 
-def verify_section(plan: Plan, section: dict, cache_dir: Path, timeout: float = 1800.0) -> dict:
-    """Run every DeepGEMM item over its M range against the installed cache; count new kernels and compiles."""
-    items = plan.gpu_items
+def verify_section(plan: Plan, manifest: dict, cache_dir: Path, timeout: float = 1800.0) -> dict:
+    """Run every DeepGEMM item over its M range against the installed cache (``cache_dir``: the install's
+    ``DIR/triton``); count new kernels and compiles."""
+    section = manifest.get(NAME) or {}
+    cache_dir = Path(cache_dir) / INSTALL_SUBDIR
+    items = plan.items_of(NAME)
     if not items or section.get("status") != "built":
         return {"status": section.get("status", "none"), "items": 0, "new_kernels": 0, "compile_attempts": 0,
                 "failed_items": []}

@@ -1,0 +1,109 @@
+"""The interface every cache kind implements (Triton, DeepGEMM, FlashInfer), and the records they share.
+
+A *cache kind* is one JIT cache a serving node reads: Triton's cache directory, DeepGEMM's
+``DG_JIT_CACHE_DIR``, FlashInfer's AOT modules.  Each is one module of ``aotwarm.kinds`` with the
+members of ``CacheKind`` below; ``build.py``, ``bundle.py``, ``install.py`` and ``verify.py`` go through
+``aotwarm.kinds.KINDS`` and know no kind by name (Triton, whose cache directory *is* the installed
+generation the others live in, is also the core of the build and the verify replay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One reason a bundle cannot hit on a node: what the bundle has, what the node has, what to do."""
+
+    field: str
+    bundle: str
+    node: str
+    hint: str
+
+    def line(self) -> str:
+        return f"{self.field}: bundle has {self.bundle}, this node has {self.node} ({self.hint})"
+
+
+@dataclass
+class AddedBundle:
+    """``build --add BUNDLE``: another bundle, already read and checked by ``bundle.read_bundle``."""
+
+    path: Path
+    manifest: dict
+    files: dict[str, bytes]  # every member, by name
+
+
+@dataclass
+class BuildContext:
+    """What a kind's build step gets from ``build.py``."""
+
+    plan: "Plan"
+    work_dir: Path  # the build's work directory (survives the run: re-runs resume)
+    jobs: int
+    timeout: float
+    add_from: dict[str, AddedBundle] = field(default_factory=dict)  # kind name -> a bundle to take that part from
+
+
+@dataclass
+class InstallContext:
+    """State of one install, handed to every kind's install hooks (the generation is not published yet)."""
+
+    dest: Path  # the install directory (DIR)
+    generation: Path  # the new generation being assembled: DIR/.aotwarm-gen-<id>
+    cache_dir: Path  # DIR/triton: the stable path the engine is given (a symlink to the published generation)
+    manifest: dict
+    notes: list[str] = field(default_factory=list)  # what was not installed as shipped, and why
+    files: int = 0  # files written
+    added: int = 0  # cache entries new to this install
+    present: int = 0  # cache entries the install already had, byte for byte
+    state: dict = field(default_factory=dict)  # per-kind scratch space, keyed by kind name
+
+
+class CacheKind(Protocol):
+    """The members of a cache-kind module."""
+
+    NAME: str  # WorkItem.kind and the manifest section holding this kind's build record
+    LABEL: str  # how output names this kind's files ("DeepGEMM kernels")
+    PREFIX: str  # bundle member prefix: every member of this kind starts with it
+    INSTALL_SUBDIR: str  # where its files go inside an installed generation ("" for Triton's entries)
+
+    def member_ok(self, name: str) -> bool:
+        """Bundle member-name rule: True when ``name`` is a well-formed member of this kind."""
+
+    def shipped(self, manifest: dict) -> bool:
+        """Whether the bundle carries a built part of this kind (its section says so)."""
+
+    def build_section(self, ctx: BuildContext) -> tuple[dict, dict[str, bytes]]:
+        """Build the plan's items of this kind (or take them from ``ctx.add_from``, or record why not):
+        the manifest section ({"status": built | not-built | failed | none, ...}) and the bundle members."""
+
+    def install_member(self, ctx: InstallContext, name: str, data: bytes) -> None:
+        """Write one verified member into ``ctx.generation``."""
+
+    def install_finish(self, ctx: InstallContext) -> None:
+        """After every member is written: anything the engine needs beside the files."""
+
+    def engine_env(self, cache_dir: Path, manifest: dict) -> dict[str, str]:
+        """Environment the serving engine needs to read this kind from an install at ``cache_dir``."""
+
+    def mismatches(self, manifest: dict, gpu: dict | None) -> list[Mismatch]:
+        """Why this kind's part cannot hit here (empty: it can); ``gpu`` holds the node's GPU facts, if known."""
+
+    def verify_section(self, plan: "Plan", manifest: dict, cache_dir: Path, timeout: float) -> dict:
+        """Use the installed part as the engine does and count what was not served from it."""
+
+    def verify_failures(self, report: dict) -> list[str]:
+        """What in this kind's verify report fails the verify (empty: passed)."""
+
+
+def write_fresh(path: Path, data: bytes) -> None:
+    """Write ``data`` at ``path`` in a generation being assembled, never through a hard link to the current one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    path.write_bytes(data)
