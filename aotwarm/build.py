@@ -48,7 +48,7 @@ class BuildOptions:
     tune: bool = False  # measure autotune results here, on a GPU of the target kind
     tuning_from: Path | None = None  # reuse measured results from an earlier bundle
     pin_autotune: str | None = None  # "first": pin the engine's first config, unmeasured
-    add_deepgemm: Path | None = None  # take the DeepGEMM part from this bundle (built on a GPU node)
+    add_deepgemm: Path | None = None  # take the parts built elsewhere from this bundle (DeepGEMM, FlashInfer)
 
 
 @dataclass
@@ -74,8 +74,9 @@ class BuildResult:
 
     @property
     def not_built(self) -> list[str]:
-        """Kinds with planned items this bundle lacks (built elsewhere or not at all)."""
-        return [name for name, section in self.sections.items() if section.get("status") == "not-built"]
+        """Kinds with planned items this bundle lacks, in whole or in part (to build elsewhere, or not at all)."""
+        return [name for name, section in self.sections.items()
+                if section.get("status") == "not-built" or section.get("not_built")]
 
     @property
     def failed(self) -> list[ItemOutcome]:
@@ -206,8 +207,9 @@ def build(plan: Plan, output: Path, jobs: int, keep_going: bool = False, work_di
     from .kinds import SIDE_KINDS, BuildContext
 
     side_files: dict[str, bytes] = {}
+    added = _read_added(options.add_deepgemm) if options.add_deepgemm else None
     ctx = BuildContext(plan, work_dir, jobs, item_timeout,
-                       {"deepgemm": _read_added(options.add_deepgemm)} if options.add_deepgemm else {})
+                       {kind.NAME: added for kind in SIDE_KINDS} if added is not None else {})
     for kind in SIDE_KINDS:
         items = plan.items_of(kind.NAME)
         if items and on_phase:
@@ -292,6 +294,9 @@ def _manifest(plan: Plan, result: BuildResult) -> dict:
             if any(i.kind == kind.NAME for i in items) and section["status"] != "built":
                 status = "not-built"
                 uncovered.append(f"{kind.LABEL} not in this bundle: {section.get('reason', section['status'])}")
+            elif any(i.kind == kind.NAME for i in items) and section.get("not_built"):
+                status = "not-built"
+                uncovered.extend(f"not in this bundle: {part}" for part in section["not_built"])
         coverage.append({"family": fam.family, "status": status, "summary": fam.summary,
                          "kernels": [k.__dict__ for k in fam.kernels], "uncovered": uncovered,
                          "work_items": len(items)})

@@ -226,7 +226,8 @@ def _default_output(model: str, target: str) -> Path:
 @click.option("--pin-autotune", type=click.Choice(["first"]),
               help="Ship unmeasured results that pin the engine's first config (recorded as pinned).")
 @click.option("--add", "add_deepgemm", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Take the DeepGEMM part from this bundle (built from the same plan on a GPU node).")
+              help="Take the parts built elsewhere from this bundle (same plan): DeepGEMM kernels and FlashInfer's "
+                   "TRT-LLM cubins from a GPU node, FlashInfer modules from a GPU-less build.")
 @click.option("--from-record", "record_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Compile exactly the Triton keys an `aotwarm record` saw (with --gpu; merged into --plan if given).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -321,6 +322,10 @@ def build(model, plan_file, output, keep_going, work_dir, item_timeout, launcher
                     f", {len(fi['modules'])} module(s) ({', '.join(m['name'] for m in fi['modules'])}), nvcc "
                     f"{fi['toolkit']['nvcc_release']} from {fi['toolkit']['nvcc_from']}" if fi["status"] == "built"
                     else f" — {fi.get('reason', '')}"))
+                nested = fi.get("trtllm_dg") or {}
+                if nested.get("status", "none") != "none":
+                    console().print(f"FlashInfer TRT-LLM DeepGEMM cubins: {nested['status']}" + (
+                        f", {nested.get('cubins', 0)}" if nested["status"] == "built" else f" — {nested.get('reason', '')}"))
     if failure:
         raise failure
     sys.exit(EXIT_PARTIAL if result.not_built else EXIT_OK)

@@ -28,12 +28,15 @@ def _needed(so: Path) -> list[str]:
 
 
 def _modules(plan) -> dict[str, dict]:
-    return {i.params["name"]: i.params for i in plan.items if i.family == "flashinfer"}
+    return {i.params["name"]: i.params for i in plan.items if i.family == "flashinfer" and i.op == "flashinfer.module"}
 
 
 def test_member_rule_accepts_modules_and_nothing_else():
     assert kind_of_member("flashinfer/sampling/sampling.so") is fi_kind
-    for bad in ("flashinfer/sampling/other.so", "flashinfer/../sampling.so", "flashinfer/sampling/sampling.so.1",
+    assert kind_of_member("flashinfer/trtllm_dg/gemm_swapAB_24576_4096_128_16_128_1_81_8_1_Normal/nvcc_kernel.cubin") \
+        is fi_kind
+    for bad in ("flashinfer/trtllm_dg/gemm_swapAB_1_Normal/nvcc_kernel.cubin",
+                "flashinfer/trtllm_dg/gemm_swapAB_24576_4096_128_16_128_1_81_8_1_Normal/kernel.cu","flashinfer/sampling/other.so", "flashinfer/../sampling.so", "flashinfer/sampling/sampling.so.1",
                 "flashinfer/Sampling/Sampling.so", "flashinfer/sampling.so"):
         assert kind_of_member(bad) is None, bad
 
@@ -48,8 +51,12 @@ def test_vllm_call_sites_name_the_modules_fp8_dense_h200():
                         "name": "fp8_blockscale_gemm_90",
                         "generator": "flashinfer.jit.gemm.fp8_blockscale:gen_fp8_blockscale_gemm_sm90_module"}}
     assert all(i.kind == "flashinfer" for i in plan.items) and not plan.triton_items
+    # fp8_blockscale_gemm_90 compiles TRT-LLM DeepGEMM cubins at run time: one GPU item per FP8 linear shape
+    nested = {(i.params["n"], i.params["k"]): i for i in plan.items if i.op == "flashinfer.trtllm_dg_swapab"}
+    assert set(nested) == {(6144, 4096), (4096, 4096), (24576, 4096), (4096, 12288)}
+    assert all(i.needs_gpu and (i.params["m_first"], i.params["m_last"]) == (1, 31) for i in nested.values())
     cov = next(f for f in plan.families if f.family == "flashinfer")
-    assert cov.status == "planned" and any("TRT-LLM DeepGEMM cubins" in u for u in cov.uncovered)
+    assert cov.status == "planned" and "4 shape(s) of TRT-LLM DeepGEMM cubins" in cov.summary
     sampling = plan.serving["vllm"]["flashinfer"]["sampler"]
     assert sampling["flashinfer"] and sampling["modules"]["sampling"]["requests"] == ["top-k", "top-p", "top-k+top-p"]
 
@@ -92,6 +99,11 @@ def test_gpu_less_build_install_elsewhere_and_load_with_jit_disabled(tmp_path, m
     result = build(plan, bundle, jobs=2, work_dir=tmp_path / "work")
     section = result.manifest["flashinfer"]
     assert section["status"] == "built", section.get("reason")
+    # the TRT-LLM DeepGEMM cubins need a GPU of the target kind: not built here, said so, the build is partial
+    assert section["trtllm_dg"]["status"] == "not-built" and "no GPU is visible" in section["trtllm_dg"]["reason"]
+    assert result.not_built == ["flashinfer"]
+    cov = next(c for c in result.manifest["coverage"] if c["family"] == "flashinfer")
+    assert cov["status"] == "not-built" and any("TRT-LLM DeepGEMM cubins" in u for u in cov["uncovered"])
     assert section["identity"]["cuda_architectures"] == ["sm90a"] and section["identity"]["cuda_arch_list"] == "9.0"
     assert section["toolkit"]["nvcc_release"] == section["toolkit"]["runtime"]  # the node's CUDA runtime
     members = sorted(f["path"] for f in result.manifest["files"] if f["path"].startswith("flashinfer/"))

@@ -107,3 +107,21 @@ def write_fresh(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     path.write_bytes(data)
+
+
+def target_gpu_problem(target: dict, exact_sms: bool) -> str | None:
+    """Why a JIT that needs a GPU of the target kind cannot run here (None: one is visible).  ``exact_sms``:
+    the kernels' choice depends on the SM count the GPU reports, so it must equal the target's."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not importable"
+    if not torch.cuda.is_available():
+        return "no GPU is visible on this builder"
+    name, cap = torch.cuda.get_device_name(0), list(torch.cuda.get_device_capability(0))
+    if cap != list(target["capability"]):
+        return f"this GPU is {name} (sm{cap[0]}{cap[1]}), the target is {target['name']}"
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    if sms < target["num_sms"] or (exact_sms and sms != target["num_sms"]):
+        return f"this GPU has {sms} SMs, the plan is for {target['num_sms']}"
+    return None

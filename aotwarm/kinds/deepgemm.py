@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..plan import Plan, WorkItem
-from .base import AddedBundle, BuildContext, InstallContext, Mismatch, write_fresh
+from .base import AddedBundle, BuildContext, InstallContext, Mismatch, target_gpu_problem, write_fresh
 
 LABEL = "DeepGEMM kernels"  # how output names this kind's files
 NAME = "deepgemm"
@@ -93,21 +93,9 @@ def entries(cache_dir: Path) -> set[str]:
 
 
 def gpu_problem(plan: Plan) -> str | None:
-    """Why the DeepGEMM items cannot be built here (None: a GPU of the target kind is visible)."""
-    try:
-        import torch
-    except ImportError:
-        return "torch is not importable"
-    if not torch.cuda.is_available():
-        return "no GPU is visible on this builder"
-    name, cap = torch.cuda.get_device_name(0), list(torch.cuda.get_device_capability(0))
-    want = plan.target
-    if cap != list(want["capability"]):
-        return f"this GPU is {name} (sm{cap[0]}{cap[1]}), the target is {want['name']}"
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    if sms < want["num_sms"]:
-        return f"this GPU has {sms} SMs, the plan is for {want['num_sms']}"
-    return None
+    """Why the DeepGEMM items cannot be built here (None: a GPU of the target kind is visible; DeepGEMM can
+    be told to use fewer SMs than it has, so more is fine)."""
+    return target_gpu_problem(plan.target, exact_sms=False)
 
 
 def run_items(items: list[WorkItem], mode: str, cache_dir: Path, log_dir: Path, jobs: int, settings: dict,

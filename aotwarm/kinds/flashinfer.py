@@ -19,18 +19,29 @@ from any *jit-cache provider* the ``flashinfer_jit_cache`` package lists, with n
 * **identity**: FlashInfer ignores a provider whose version differs from its own, modules are tvm-ffi
   libraries linked against ``libcudart.so.<major>``: the FlashInfer version, the tvm-ffi version and the
   CUDA runtime major must match the node's.
+* **TRT-LLM DeepGEMM cubins** (``fp8_blockscale_gemm_90``'s own run-time nvcc, per GEMM shape and M < 32):
+  ``<TRTLLM_DG_CACHE_DIR>/cache/<name>/nvcc_kernel.cubin``, found by name only (the name holds the shape
+  and the config FlashInfer's heuristics chose from M and the SM count).  Built like DeepGEMM's kernels on
+  a GPU of the target kind with the exact SM count: FlashInfer's ``fp8_blockscale_gemm_sm90`` (what vLLM's
+  ``flashinfer_fp8_blockscale_gemm`` resolves to) at every planned M, the module loaded from the bundle's
+  own files.  GPU-less: not-built, and ``build --add`` takes the part from a bundle built on such a GPU
+  (or the modules from a GPU-less build, on the GPU node).  Installed under ``.flashinfer/trtllm_dg``
+  (``TRTLLM_DG_CACHE_DIR``); verify replays every M with a failing nvcc (``TRTLLM_DG_NVCC_COMPILER``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from .base import BuildContext, InstallContext, Mismatch, write_fresh
+from .base import AddedBundle, BuildContext, InstallContext, Mismatch, target_gpu_problem, write_fresh
 
 LABEL = "FlashInfer modules"  # how output names this kind's files
 NAME = "flashinfer"
@@ -38,7 +49,11 @@ PREFIX = "flashinfer/"
 INSTALL_SUBDIR = ".flashinfer"
 JIT_CACHE = "jit_cache"
 PROVIDER = "python"
+NESTED = "trtllm_dg"  # member sub-prefix and install folder of the TRT-LLM DeepGEMM cubins
+NESTED_OP = "flashinfer.trtllm_dg_swapab"
 _MEMBER = re.compile(r"^flashinfer/([a-z0-9_]{1,128})/\1\.so$")
+_NESTED_MEMBER = re.compile(r"^flashinfer/trtllm_dg/gemm(_swapAB)?(_[0-9]{1,9}){9,12}_(Normal|GroupedWithOffset|"
+                            r"StridedBatched)/nvcc_kernel\.cubin$")
 # FlashInfer links every module with -lcuda.  The link stub a GPU-less builder has exports no driver symbol, so
 # the linker's --as-needed (the toolchain default) would drop the dependency and a module calling the driver
 # (fp8_blockscale_gemm_90: cuLibraryLoadData) would not load on the node (seen on the H200).  Keep it.
@@ -46,15 +61,24 @@ LINK_DRIVER = "-Wl,--no-as-needed -lcuda -Wl,--as-needed"
 
 
 def member_ok(name: str) -> bool:
-    return bool(_MEMBER.match(name))
+    return bool(_MEMBER.match(name) or _NESTED_MEMBER.match(name))
 
 
 def shipped(manifest: dict | None) -> bool:
     return bool(manifest) and (manifest.get(NAME) or {}).get("status") == "built"
 
 
+def nested_shipped(manifest: dict | None) -> bool:
+    return shipped(manifest) and ((manifest or {})[NAME].get(NESTED) or {}).get("status") == "built"
+
+
 def _modules(plan) -> list[dict]:
-    return [{"name": i.params["name"], "generator": i.params["generator"]} for i in plan.items_of(NAME)]
+    return [{"name": i.params["name"], "generator": i.params["generator"]} for i in plan.items_of(NAME)
+            if i.op != NESTED_OP]
+
+
+def _nested_items(plan) -> list[dict]:
+    return [{"id": i.id, **i.params} for i in plan.items_of(NAME) if i.op == NESTED_OP]
 
 
 def _child(mode: str, request: dict, env: dict[str, str], timeout: float) -> dict:
@@ -80,9 +104,29 @@ def workspace() -> Path:
 
 
 def build_section(ctx: BuildContext) -> tuple[dict, dict[str, bytes]]:
+    """The modules (nvcc, no GPU, or from ``--add``), then the TRT-LLM DeepGEMM cubins (a GPU of the target
+    kind, or from ``--add``, or not-built with the reason)."""
     modules = _modules(ctx.plan)
     if not modules:
         return {"status": "none", "modules": []}, {}
+    added = ctx.add_from.get(NAME)
+    taken = _modules_from(added, ctx.plan, modules) if added is not None else None
+    if taken is not None:
+        section, files = taken
+    else:
+        section, files = _build_modules(ctx, modules)
+    if section["status"] != "built":
+        return section, files
+    nested, nested_files = _nested_section(ctx, files, added)
+    section[NESTED] = nested
+    if nested["status"] == "not-built":
+        section["not_built"] = [f"TRT-LLM DeepGEMM cubins of fp8_blockscale_gemm_90: {nested['reason']}"]
+    elif nested["status"] == "failed" and nested.get("reason"):
+        section["status"], section["reason"] = "failed", f"TRT-LLM DeepGEMM cubins: {nested['reason']}"
+    return section, {**files, **nested_files}
+
+
+def _build_modules(ctx: BuildContext, modules: list[dict]) -> tuple[dict, dict[str, bytes]]:
     from ..cuda_toolkit import ToolkitMissing, toolkit_home
 
     try:
@@ -104,8 +148,99 @@ def build_section(ctx: BuildContext) -> tuple[dict, dict[str, bytes]]:
             "modules": [{**m, "bytes": len(files[f"{PREFIX}{m['name']}/{m['name']}.so"])} for m in modules]}, files
 
 
+def _modules_from(added: AddedBundle, plan, modules: list[dict]) -> tuple[dict, dict[str, bytes]] | None:
+    """``--add``: the modules of another bundle, when it has every module of this plan built with this node's
+    FlashInfer (None: it has none, so they are built here)."""
+    from ..errors import BadInput
+
+    theirs = added.manifest.get(NAME) or {}
+    if theirs.get("status") != "built":
+        return None
+    names = {m["name"] for m in theirs.get("modules", [])}
+    missing = [m["name"] for m in modules if m["name"] not in names]
+    if missing:
+        raise BadInput(f"--add {added.path}: its FlashInfer part lacks module {missing[0]} of this plan: build both "
+                       f"from the same plan")
+    if theirs["identity"].get("cuda_arch_list") != arch_list(plan.target):
+        raise BadInput(f"--add {added.path}: its FlashInfer modules are for {theirs['identity'].get('cuda_arch_list')}, "
+                       f"this plan targets {arch_list(plan.target)}")
+    bad = mismatches({NAME: {"status": "built", "identity": theirs["identity"]}}, gpu=None)
+    if bad:
+        raise BadInput(f"--add {added.path}: {bad[0].line()}")
+    files = {f"{PREFIX}{m['name']}/{m['name']}.so": added.files[f"{PREFIX}{m['name']}/{m['name']}.so"] for m in modules}
+    keep = {k: v for k, v in theirs.items() if k not in (NESTED, "not_built")}
+    return {**keep, "modules_added_from": str(added.path)}, files
+
+
+def _nested_section(ctx: BuildContext, module_files: dict[str, bytes], added: AddedBundle | None
+                    ) -> tuple[dict, dict[str, bytes]]:
+    items = _nested_items(ctx.plan)
+    if not items:
+        return {"status": "none"}, {}
+    prefix = f"{PREFIX}{NESTED}/"
+    theirs = ((added.manifest.get(NAME) or {}).get(NESTED) or {}) if added is not None else {}
+    if theirs.get("status") == "built":
+        want = {(i["n"], i["k"], i["m_first"], i["m_last"]) for i in items}
+        have = {(i["n"], i["k"], i["m_first"], i["m_last"]) for i in theirs.get("items", [])}
+        if not want <= have or theirs.get("num_sms") != ctx.plan.target["num_sms"]:
+            from ..errors import BadInput
+
+            raise BadInput(f"--add {added.path}: its TRT-LLM DeepGEMM cubins do not cover this plan's shapes on "
+                           f"{ctx.plan.target['num_sms']} SMs: build them from this plan on the GPU node")
+        return {**theirs, "added_from": str(added.path)}, {k: v for k, v in added.files.items() if k.startswith(prefix)}
+    problem = target_gpu_problem(ctx.plan.target, exact_sms=True)
+    if problem is not None:
+        return {"status": "not-built", "items": items,
+                "reason": f"{problem}: they compile on a GPU of the target kind ({ctx.plan.target['name']}, "
+                          f"{ctx.plan.target['num_sms']} SMs); build there (`aotwarm build --plan ... --add "
+                          f"THIS_BUNDLE`), or --add a bundle built there"}, {}
+    cache = ctx.work_dir / "trtllm_dg"
+    with _provider(module_files, ctx.plan.target) as env:
+        answer = _nested_child(items, cache, env, ctx.timeout)
+    if not answer["ok"]:
+        return {"status": "failed", "reason": answer["error"], "items": items}, {}
+    files = {f"{prefix}{name}/nvcc_kernel.cubin": (cache / "cache" / name / "nvcc_kernel.cubin").read_bytes()
+             for name in answer["cubins"]}
+    return {"status": "built", "items": items, "cubins": len(files), "num_sms": answer["num_sms"],
+            "calls": answer["calls"], "new_here": len(answer["new"])}, files
+
+
+@contextlib.contextmanager
+def _provider(module_files: dict[str, bytes], target: dict):
+    """A temporary install of the modules (provider package on PYTHONPATH, JIT disabled): the environment for
+    a child that must use exactly these modules."""
+    with tempfile.TemporaryDirectory(prefix="aotwarm-fi-provider-") as tmp:
+        root = Path(tmp)
+        for name, data in module_files.items():
+            write_fresh(root / JIT_CACHE / name[len(PREFIX):], data)
+        names = sorted(name[len(PREFIX):].split("/")[0] for name in module_files)
+        from importlib.metadata import version  # the provider must carry FlashInfer's own version
+
+        write_fresh(root / PROVIDER / "flashinfer_jit_cache" / "__init__.py",
+                    provider_source(version("flashinfer-python"), [_sm_label(target)], names).encode())
+        env = {**os.environ, "FLASHINFER_DISABLE_JIT": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / PROVIDER), os.environ.get("PYTHONPATH")) if p)
+        yield env
+
+
+def _sm_label(target: dict) -> str:
+    major, minor = target["capability"]
+    return f"sm{major}{minor}" + ("a" if major in (9, 10) else "")
+
+
+def _nested_child(items: list[dict], cache: Path, env: dict, timeout: float, nvcc: str | None = None) -> dict:
+    env = {**env, "TRTLLM_DG_CACHE_DIR": str(cache)}
+    if nvcc is not None:
+        env["TRTLLM_DG_NVCC_COMPILER"] = nvcc
+    return _child("nested", {"items": items, "cache": str(cache)}, env, timeout)
+
+
 def install_member(ctx: InstallContext, name: str, data: bytes) -> None:
-    write_fresh(ctx.generation / INSTALL_SUBDIR / JIT_CACHE / name[len(PREFIX):], data)
+    rel = name[len(PREFIX):]
+    if rel.startswith(NESTED + "/"):  # TRTLLM_DG_CACHE_DIR/cache/<name>/nvcc_kernel.cubin
+        write_fresh(ctx.generation / INSTALL_SUBDIR / NESTED / "cache" / rel[len(NESTED) + 1:], data)
+    else:
+        write_fresh(ctx.generation / INSTALL_SUBDIR / JIT_CACHE / rel, data)
     ctx.files += 1
 
 
@@ -116,6 +251,7 @@ def install_finish(ctx: InstallContext) -> None:
         return
     root = ctx.generation / INSTALL_SUBDIR
     names = sorted(p.name for p in (root / JIT_CACHE).iterdir() if (p / f"{p.name}.so").is_file())
+    # FlashInfer lists the provider's architectures as "sm90a" from its own compilation context
     identity = section["identity"]
     write_fresh(root / PROVIDER / "flashinfer_jit_cache" / "__init__.py",
                 provider_source(identity["flashinfer_version"], identity["cuda_architectures"], names).encode())
@@ -151,7 +287,10 @@ def get_jit_cache_providers():
 def engine_env(cache_dir: Path, manifest: dict) -> dict[str, str]:
     if not shipped(manifest):
         return {}
-    return {"PYTHONPATH": str(cache_dir / INSTALL_SUBDIR / PROVIDER)}
+    env = {"PYTHONPATH": str(cache_dir / INSTALL_SUBDIR / PROVIDER)}
+    if nested_shipped(manifest):
+        env["TRTLLM_DG_CACHE_DIR"] = str(cache_dir / INSTALL_SUBDIR / NESTED)
+    return env
 
 
 def node_identity() -> dict:
@@ -184,6 +323,10 @@ def mismatches(manifest: dict, gpu: dict | None) -> list[Mismatch]:
     if want.get("tvm_ffi_version") != have["tvm_ffi_version"]:
         out.append(Mismatch("tvm-ffi version", str(want.get("tvm_ffi_version")), str(have["tvm_ffi_version"]),
                             "FlashInfer modules are tvm-ffi libraries: build with the node's apache-tvm-ffi"))
+    if gpu is not None and nested_shipped(manifest) and manifest[NAME][NESTED].get("num_sms") != gpu.get("num_sms"):
+        out.append(Mismatch("TRT-LLM DeepGEMM SM count", str(manifest[NAME][NESTED].get("num_sms")),
+                            str(gpu.get("num_sms")), "FlashInfer picks these cubins by the SM count: build them on "
+                            "a GPU like this one"))
     major = lambda v: str(v).split(".")[0]  # noqa: E731 -- libcudart.so.<major>
     if major(want.get("cuda_runtime")) != major(have["cuda_runtime"]):
         out.append(Mismatch("CUDA runtime major", str(want.get("cuda_runtime")), str(have["cuda_runtime"]),
@@ -210,9 +353,34 @@ def verify_section(plan, manifest: dict, cache_dir: Path, timeout: float) -> dic
             failed.append(f"{m['name']}: loaded without an AOT artifact")
         elif not any(Path(p).resolve().is_relative_to(inside) for p in m["from"]):
             elsewhere.append(f"{m['name']}: {m['from'][0]}")  # the node's own AOT copy wins: nothing compiles
-    return {"status": "verified", "modules": len(modules), "loaded": [m["name"] for m in answer["loaded"]],
-            "failed": failed, "loaded_elsewhere": elsewhere}
+    report = {"status": "verified", "modules": len(modules), "loaded": [m["name"] for m in answer["loaded"]],
+              "failed": failed, "loaded_elsewhere": elsewhere}
+    if nested_shipped(manifest):
+        report[NESTED] = _verify_nested(plan, env, cache_dir / INSTALL_SUBDIR / NESTED, timeout)
+    return report
+
+
+def _verify_nested(plan, env: dict, cache: Path, timeout: float) -> dict:
+    """Every planned M of every shape against the installed cubins, nvcc replaced by a program that logs and
+    fails: pass = no new cubin, no compiler run."""
+    with tempfile.TemporaryDirectory(prefix="aotwarm-trtllm-dg-verify-") as tmp:
+        log = Path(tmp) / "nvcc-calls.log"
+        sentinel = Path(tmp) / "nvcc"
+        sentinel.write_text(f"#!/bin/sh\necho \"$@\" >> '{log}'\nexit 1\n")
+        sentinel.chmod(sentinel.stat().st_mode | stat.S_IXUSR)
+        answer = _nested_child(_nested_items(plan), cache, env, timeout, nvcc=str(sentinel))
+        attempts = log.read_text().splitlines() if log.exists() else []
+    if not answer["ok"]:
+        return {"calls": 0, "new_cubins": 0, "compile_attempts": len(attempts), "failed": [answer["error"]]}
+    return {"calls": answer["calls"], "new_cubins": len(answer["new"]), "compile_attempts": len(attempts),
+            "failed": []}
 
 
 def verify_failures(report: dict) -> list[str]:
-    return [f"FlashInfer module {f}" for f in report.get("failed", [])]
+    out = [f"FlashInfer module {f}" for f in report.get("failed", [])]
+    nested = report.get(NESTED) or {}
+    if nested.get("new_cubins") or nested.get("compile_attempts"):
+        out.append(f"TRT-LLM DeepGEMM: {nested.get('new_cubins')} new cubin(s), {nested.get('compile_attempts')} "
+                   f"nvcc run(s)")
+    out.extend(f"TRT-LLM DeepGEMM: {f}" for f in nested.get("failed", []))
+    return out

@@ -9,6 +9,10 @@ generator to get each ``JitSpec`` (checked to carry the planned name).
 * ``verify``: with ``FLASHINFER_DISABLE_JIT=1`` set by the parent, each spec's ``build_and_load()`` --
   FlashInfer's own loader, which takes an AOT artifact or refuses to compile -- and where the loaded
   artifact came from.
+* ``nested`` (a GPU of the target kind): FlashInfer's ``fp8_blockscale_gemm_sm90`` -- what vLLM's
+  ``flashinfer_fp8_blockscale_gemm`` resolves to, called with the same arguments (bf16 activations, the FP8
+  weight and its 128x128 block scales, bf16 out) -- for every item's shape at every M, against
+  ``$TRTLLM_DG_CACHE_DIR``; answers the cubins the cache holds after, and which are new.
 
 One JSON line on stdout is the answer; FlashInfer's and ninja's output goes to stderr.
 """
@@ -68,6 +72,32 @@ def verify(modules: list[dict]) -> dict:
     return {"ok": True, "loaded": loaded, "failed": failed, "identity": _identity()}
 
 
+def nested(items: list[dict], cache: str) -> dict:
+    from pathlib import Path
+
+    import torch
+    from flashinfer.gemm import fp8_blockscale_gemm_sm90
+
+    def cubins() -> set[str]:
+        root = Path(cache) / "cache"
+        return {p.parent.name for p in root.glob("*/nvcc_kernel.cubin")} if root.is_dir() else set()
+
+    before, calls = cubins(), 0
+    torch.manual_seed(0)
+    for item in items:
+        n, k = item["n"], item["k"]
+        weight = (torch.randn(n, k, device="cuda") * 0.1).to(torch.float8_e4m3fn)
+        scale = torch.rand(n // 128, k // 128, device="cuda", dtype=torch.float32) + 0.5
+        for m in range(item["m_first"], item["m_last"] + 1):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            fp8_blockscale_gemm_sm90(input=x, weight=weight, weight_scale=scale, out_dtype=torch.bfloat16)
+            calls += 1
+    torch.cuda.synchronize()
+    after = cubins()
+    return {"ok": True, "calls": calls, "cubins": sorted(after), "new": sorted(after - before),
+            "num_sms": torch.cuda.get_device_properties(0).multi_processor_count}
+
+
 def main(argv: list[str]) -> int:
     mode, request = argv[0], json.loads(argv[1])
     proto = os.fdopen(os.dup(1), "w")
@@ -79,7 +109,12 @@ def main(argv: list[str]) -> int:
 
             # a GPU-less node (tests): the modules link libcuda.so.1, which the stand-in provides
             load_stub_for([Path(p) for p in request.get("libraries", [])])
-        answer = build(request["modules"]) if mode == "build" else verify(request["modules"])
+        if mode == "build":
+            answer = build(request["modules"])
+        elif mode == "nested":
+            answer = nested(request["items"], request["cache"])
+        else:
+            answer = verify(request["modules"])
     except Exception as err:  # noqa: BLE001 -- the parent reports it with the module names
         answer = {"ok": False, "error": f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err) else ''}"}
     proto.write(json.dumps(answer) + "\n")

@@ -6,10 +6,13 @@ FP8 block-scale linears chose.  Each module is named by FlashInfer itself (its `
 the spec; the build calls the same function).  One work item per module: nvcc for the target arch
 (``FLASHINFER_CUDA_ARCH_LIST``), no GPU, shipped as an AOT artifact (``kinds.flashinfer``).
 
-Stated, not built: the nested TRT-LLM DeepGEMM cubins ``fp8_blockscale_gemm_90`` compiles per GEMM shape
-at run time (config chosen by C++ heuristics from M and the SM count: a GPU of the target kind), the
-TP > 1 all-reduce fusion module, and the CuTe DSL kernels FlashInfer and vLLM compile in memory in every
-process (no disk cache exists to ship).
+``fp8_blockscale_gemm_90`` itself compiles TRT-LLM DeepGEMM cubins with nvcc per GEMM shape at run time
+(swapAB, M < 32; the config comes from C++ heuristics over M and the SM count the GPU reports): one item
+per FP8 linear shape, M = 1..31, built on a GPU of the target kind like DeepGEMM's (``needs_gpu``; a
+GPU-less build says not-built and ``--add`` merges a part built there).
+
+Stated, not built: the TP > 1 all-reduce fusion module, and the CuTe DSL kernels FlashInfer and vLLM
+compile in memory in every process (no disk cache exists to ship).
 """
 
 from __future__ import annotations
@@ -21,9 +24,8 @@ from ..targets import Target
 
 FAMILY = "flashinfer"
 OP = "flashinfer.module"
-NESTED_DG = ("fp8_blockscale_gemm_90 compiles TRT-LLM DeepGEMM cubins per GEMM shape at run time (nvcc, "
-             "$TRTLLM_DG_CACHE_DIR, config from C++ heuristics over M and the SM count): not in this bundle -- "
-             "they need a GPU of the target kind; the first decode batches below 32 tokens on a fresh node compile them")
+NESTED_OP = "flashinfer.trtllm_dg_swapab"
+SWAPAB_BELOW = 32  # vLLM 0.33's FlashInferFp8DeepGEMMDynamicBlockScaledKernel: M < 32 runs FlashInfer's GEMM
 
 
 def _uncovered(serving: ServingArgs, target: Target, facts: dict) -> list[str]:
@@ -82,8 +84,17 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
                               "; ".join(reasons[name]), kind="flashinfer"))
         kernels.append(KernelCoverage(name, f"{m['generator'].rpartition(':')[2]}() for {target.sm_name}",
                                       reasons[name]))
-    if "fp8_blockscale_gemm_90" in modules:
-        uncovered.append(NESTED_DG)
+    if "fp8_blockscale_gemm_90" in modules and any(i.params["name"] == "fp8_blockscale_gemm_90" for i in items):
+        m_last = min(SWAPAB_BELOW - 1, serving.max_num_batched_tokens)
+        shapes = sorted({(n, k) for n, k in modules["fp8_blockscale_gemm_90"].get("shapes", [])})
+        for n, k in shapes:
+            items.append(WorkItem(f"flashinfer/trtllm-dg/N{n}-K{k}", FAMILY, NESTED_OP,
+                                  {"n": n, "k": k, "m_first": 1, "m_last": m_last},
+                                  f"TRT-LLM DeepGEMM cubins fp8_blockscale_gemm_90 compiles for N={n} K={k} at "
+                                  f"M 1..{m_last}", needs_gpu=True, kind="flashinfer"))
+        kernels.append(KernelCoverage("TRT-LLM DeepGEMM swapAB cubins", f"{len(shapes)} shape(s), M 1..{m_last}", [
+            f"N={n} K={k}: every M (config from FlashInfer's C++ heuristics over M and the SM count, "
+            f"{target.num_sms} SMs); built on a GPU of the target kind" for n, k in shapes]))
     if fp8.get("modules") and facts.get("has_flashinfer"):
         uncovered.append("vLLM sends FP8 linears to FlashInfer only where its has_flashinfer() holds on the node "
                          "(flashinfer-cubin installed, or nvcc and ninja present); elsewhere vLLM runs DeepGEMM / "
@@ -91,9 +102,12 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
     if not items:
         return FamilyCoverage(FAMILY, "not-covered" if uncovered else "not-applicable",
                               "vLLM's call sites load no FlashInfer nvcc module for this config", uncovered=uncovered), []
-    summary = (f"{len(items)} FlashInfer {facts.get('version')} nvcc module(s) vLLM loads on {target.sm_name}: "
-               f"{', '.join(i.params['name'] for i in items)}; built without a GPU, shipped as AOT artifacts "
-               f"(FLASHINFER_DISABLE_JIT=1 proves none compiles)")
+    names = [i.params["name"] for i in items if i.op == OP]
+    nested = [i for i in items if i.op == NESTED_OP]
+    summary = (f"{len(names)} FlashInfer {facts.get('version')} nvcc module(s) vLLM loads on {target.sm_name}: "
+               f"{', '.join(names)}; built without a GPU, shipped as AOT artifacts (FLASHINFER_DISABLE_JIT=1 "
+               f"proves none compiles)" + (f"; {len(nested)} shape(s) of TRT-LLM DeepGEMM cubins, built on a GPU "
+                                            f"of the target kind" if nested else ""))
     return FamilyCoverage(FAMILY, "planned", summary, kernels, uncovered), items
 
 
