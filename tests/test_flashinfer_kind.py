@@ -117,6 +117,14 @@ def test_gpu_less_build_install_elsewhere_and_load_with_jit_disabled(tmp_path, m
     again = tmp_path / "again.tar.zst"
     build(plan, again, jobs=2, work_dir=tmp_path / "work2")
     assert again.read_bytes() == bundle.read_bytes()
+    # what a GPU node does with it: `build --add` takes the modules from this bundle (the cubins it would add there)
+    from aotwarm.build import BuildOptions
+
+    added = build(plan, tmp_path / "added.tar.zst", jobs=2, work_dir=tmp_path / "work3",
+                  options=BuildOptions(add_deepgemm=bundle))
+    assert added.manifest["flashinfer"]["modules_added_from"] == str(bundle)
+    assert {f["path"]: f["sha256"] for f in added.manifest["files"] if f["path"].startswith("flashinfer/")} == \
+        {f["path"]: f["sha256"] for f in result.manifest["files"] if f["path"].startswith("flashinfer/")}
 
     dest = tmp_path / "node" / "dir"
     installed = install(bundle, dest)
