@@ -158,9 +158,10 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
                 "initial state always passed (gathered from the mamba cache), final state always stored",
                 f"one autotune key (HV={hv}, K={k}, V={v}, BT=64, dtypes): every config compiled"]))
     else:
-        uncovered.append(f"GDN chunked prefill: {backend_why}; FlashInfer's gdn_prefill JIT module lives in the "
-                         "FlashInfer cache (or the flashinfer-jit-cache wheel), not in this Triton bundle. "
-                         "Use --gdn-prefill-backend triton (and the same setting in vLLM) to plan the Triton path")
+        uncovered.append(f"GDN chunked prefill: {backend_why}; FlashInfer 0.7's GDN prefill is a CuTe DSL kernel "
+                         "(sm90: compiled in memory in every process; what it costs: the flashinfer family), not "
+                         "in this bundle. Use --gdn-prefill-backend triton (and the same setting in vLLM) to plan "
+                         "the Triton path")
 
     if facts["checkpoint_export"]:
         _plan_checkpoint_export(facts, nspec, add, kernels)
