@@ -17,7 +17,7 @@ from pathlib import Path
 from .bundle import read_bundle
 from .errors import Incompatible
 from .install import cache_dir, engine_env, require_installed
-from .kinds import SIDE_KINDS, Mismatch
+from .kinds import SIDE_KINDS, Mismatch, merge_env
 from .plan import Plan
 from .pool import PoolOptions, Task, run_tasks
 from .preflight import preflight
@@ -124,7 +124,7 @@ def verify(bundle: Path, dest: Path, timeout: float = 1800.0, on_result=None) ->
                                        if p.parent.name not in shipped)
     report.expect_no_benchmarks = counts["node"] == 0
     report.expect_no_c_builds = manifest["launchers"]["included"]
-    env = {**os.environ, **engine_env(dest, manifest)}
+    env = merge_env(os.environ, engine_env(dest, manifest))
     if report.expect_no_c_builds:
         env["CC"] = _failing_program()  # any launcher the bundle lacks would fail loudly, not build quietly
     with _tmpdir() as logs:

@@ -78,6 +78,17 @@ def test_sampler_only_on_blackwell_and_stated_when_off(monkeypatch):
     assert cov.status == "not-covered" and any("CuTe DSL" in u for u in cov.uncovered)  # the GDN prefill
 
 
+def test_engine_env_extends_search_paths_and_replaces_the_rest():
+    """An install's PYTHONPATH (FlashInfer's provider) goes in front of the node's own, never replaces it."""
+    from aotwarm.kinds import merge_env
+
+    base = {"PYTHONPATH": "/node/site", "TRITON_CACHE_DIR": "/old", "HOME": "/root"}
+    out = merge_env(base, {"PYTHONPATH": "/opt/k/triton/.flashinfer/python", "TRITON_CACHE_DIR": "/opt/k/triton"})
+    assert out == {"PYTHONPATH": "/opt/k/triton/.flashinfer/python:/node/site", "TRITON_CACHE_DIR": "/opt/k/triton",
+                   "HOME": "/root"}
+    assert merge_env({}, {"PYTHONPATH": "/p"})["PYTHONPATH"] == "/p"
+
+
 def test_identity_mismatches(monkeypatch):
     manifest = {"flashinfer": {"status": "built", "identity": {"flashinfer_version": "0.0.1", "tvm_ffi_version": "x",
                                                                "cuda_runtime": "12.9"}}}

@@ -82,3 +82,4 @@ def test_cache_kinds_do_not_import_their_users():
     users = {"aotwarm.install", "aotwarm.verify", "aotwarm.build", "aotwarm.bundle", "aotwarm.preflight"}
     for kind in ("aotwarm.kinds.triton", "aotwarm.kinds.deepgemm", "aotwarm.kinds.flashinfer", "aotwarm.kinds.base"):
         assert not graph[kind] & users, (kind, graph[kind] & users)
+

@@ -10,12 +10,13 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import deepgemm, flashinfer, triton
-from .base import BuildContext, InstallContext, Mismatch
+from .base import BuildContext, InstallContext, Mismatch, merge_env
 
 KINDS: tuple[ModuleType, ...] = (triton, deepgemm, flashinfer)
 SIDE_KINDS: tuple[ModuleType, ...] = (deepgemm, flashinfer)
 
-__all__ = ["KINDS", "SIDE_KINDS", "BuildContext", "InstallContext", "Mismatch", "kind_of_member", "engine_env"]
+__all__ = ["KINDS", "SIDE_KINDS", "BuildContext", "InstallContext", "Mismatch", "kind_of_member", "engine_env",
+           "merge_env"]
 
 
 def kind_of_member(name: str) -> ModuleType | None:

@@ -9,6 +9,8 @@ generation the others live in, is also the core of the build and the verify repl
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -125,3 +127,17 @@ def target_gpu_problem(target: dict, exact_sms: bool) -> str | None:
     if sms < target["num_sms"] or (exact_sms and sms != target["num_sms"]):
         return f"this GPU has {sms} SMs, the plan is for {target['num_sms']}"
     return None
+
+
+# variables the engine environment extends rather than replaces (a search path the node already relies on)
+PATH_LIKE = ("PYTHONPATH",)
+
+
+def merge_env(base: Mapping[str, str], engine: Mapping[str, str]) -> dict[str, str]:
+    """``base`` with an install's engine environment applied: path-like variables are put in front of what
+    ``base`` has (the node's own PYTHONPATH keeps working), the others replace it."""
+    out = {**base, **engine}
+    for var in PATH_LIKE:
+        if var in engine and base.get(var):
+            out[var] = os.pathsep.join([engine[var], base[var]])
+    return out

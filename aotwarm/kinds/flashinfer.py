@@ -41,7 +41,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .base import AddedBundle, BuildContext, InstallContext, Mismatch, target_gpu_problem, write_fresh
+from .base import (AddedBundle, BuildContext, InstallContext, Mismatch, merge_env, target_gpu_problem,
+                   write_fresh)
 
 LABEL = "FlashInfer modules"  # how output names this kind's files
 NAME = "flashinfer"
@@ -218,9 +219,7 @@ def _provider(module_files: dict[str, bytes], target: dict):
 
         write_fresh(root / PROVIDER / "flashinfer_jit_cache" / "__init__.py",
                     provider_source(version("flashinfer-python"), [_sm_label(target)], names).encode())
-        env = {**os.environ, "FLASHINFER_DISABLE_JIT": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / PROVIDER), os.environ.get("PYTHONPATH")) if p)
-        yield env
+        yield merge_env(os.environ, {"PYTHONPATH": str(root / PROVIDER), "FLASHINFER_DISABLE_JIT": "1"})
 
 
 def _sm_label(target: dict) -> str:
@@ -340,8 +339,7 @@ def verify_section(plan, manifest: dict, cache_dir: Path, timeout: float) -> dic
     section = manifest.get(NAME) or {}
     if not modules or section.get("status") != "built":
         return {"status": section.get("status", "none"), "modules": len(modules), "loaded": [], "failed": []}
-    env = {**os.environ, **engine_env(cache_dir, manifest), "FLASHINFER_DISABLE_JIT": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env["PYTHONPATH"], os.environ.get("PYTHONPATH")) if p)
+    env = {**merge_env(os.environ, engine_env(cache_dir, manifest)), "FLASHINFER_DISABLE_JIT": "1"}
     libraries = [str(cache_dir / INSTALL_SUBDIR / JIT_CACHE / m["name"] / f"{m['name']}.so") for m in modules]
     answer = _child("verify", {"modules": modules, "libraries": libraries}, env, timeout)
     if not answer["ok"]:

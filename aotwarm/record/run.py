@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
+from ..kinds.base import merge_env
 from .recordfile import FORMAT, write_record
 
 INJECT = Path(__file__).parent / "inject"
@@ -92,7 +93,7 @@ def run(command: list[str], output: Path, env_extra: dict[str, str] | None = Non
         ready_pattern: str = READY, bundle: dict | None = None, echo=None) -> dict:
     """Record ``command``; returns the record (also written to ``output``)."""
     echo = echo or (lambda line, stream: stream.write(line))
-    env = {**os.environ, **(env_extra or {})}
+    env = merge_env(os.environ, env_extra or {})  # the bundle's PYTHONPATH goes in front of the node's
     folders = _cache_folders(env)
     before = {name: _snapshot(path) for name, path in folders.items()}
     ready: dict | None = None
