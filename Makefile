@@ -48,7 +48,7 @@ bundle: setup
 test: test38 test36
 
 test38: setup
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=30
 
 test36: setup36
 	$(BIN36)/python -m pytest -q -ra $(LEG36)

@@ -84,7 +84,7 @@ class Observer:
 
     def _on_jit_miss(self, *, key: Any, repr: Any, fn: Any, compile: Any, is_manual_warmup: bool,
                      already_compiled: bool) -> bool:
-        self.jit_keys.add((fn.name, str(key)))
+        self.jit_keys.add((kernel_name(fn), str(key)))
         return self.key_only
 
     def take(self) -> dict:
@@ -101,3 +101,11 @@ class Observer:
         self.benchmarks.clear()
         self.c_builds.clear()
         return out
+
+
+def kernel_name(fn: Any) -> str:
+    """A JIT function's qualified name, or its own name where it was made from a template function
+    (``triton_kernels``' ``specialize`` builds ``_matmul_ogs`` from ``define_kernel.<locals>._empty_fn``)."""
+    name = str(fn.name)  # the hook's JitFunctionInfo: module, name, jit_function
+    short = getattr(getattr(getattr(fn, "jit_function", None), "fn", None), "__name__", None)
+    return name if not short or name.rsplit(".", 1)[-1] == short else short

@@ -38,7 +38,7 @@ def test_qwen3_30b_fp8_tp2_is_vllms_triton_experts_swept_over_every_m():
     assert kind["experts"].endswith(":TritonExperts") and kind["backend"] == "fp8_backend=TRITON"
     assert kind["layers"] == 48 and kind["max_tokens"] == 8192
     # vLLM's FP8 config, as vLLM built it: 128x128 blocks, the TP shard of the experts
-    assert kind["kernel"]["w13"]["shape"] == [128, 768, 2048] and kind["kernel"]["w2"]["shape"] == [128, 2048, 384]
+    assert kind["kernel"]["w13"]["tensor"]["shape"] == [128, 768, 2048] and kind["kernel"]["w2"]["tensor"]["shape"] == [128, 2048, 384]
     groups = kind["sweep"]
     assert sum(g["count"] for g in groups) == 8192 and groups[0]["first"] == 1
     every = set().union(*(set(g["keys"]) for g in groups))
@@ -149,7 +149,7 @@ def test_int8_w8a8_moe_is_vllms_triton_int8_experts():
     plan = vllm_plan(W8A8_INT8, *TP2, families=("fused-moe",))
     (kind,) = kinds(plan)
     assert kind["method"] == "CompressedTensorsW8A8Int8MoEMethod" and kind["backend"] == "int8_backend=TRITON"
-    assert kind["experts"].endswith(":TritonExperts") and kind["kernel"]["w13"]["dtype"] == "int8"
+    assert kind["experts"].endswith(":TritonExperts") and kind["kernel"]["w13"]["tensor"]["dtype"] == "int8"
     assert family(plan).status == "planned" and len(plan.items) == len(fused_moe.cover(kind["sweep"])) > 10
 
 
@@ -160,7 +160,7 @@ def test_online_per_tensor_fp8_quantizes_on_meta_and_plans_the_triton_experts():
     plan = vllm_plan(QWEN35_35B, *TP2, "--quantization", "fp8", families=("fused-moe",))
     (kind,) = kinds(plan)
     assert kind["method"] == "Fp8PerTensorOnlineMoEMethod" and kind["experts"].endswith(":TritonExperts")
-    assert kind["kernel"]["w13"]["dtype"] == "float8_e4m3fn" and family(plan).status == "planned"
+    assert kind["kernel"]["w13"]["tensor"]["dtype"] == "float8_e4m3fn" and family(plan).status == "planned"
 
 
 @requires_vllm_stack

@@ -37,7 +37,8 @@ SUPPORTED = ("0.33.",)
 ALLOW_ENV = "AOTWARM_ALLOW_ENGINE_VERSION"
 # The vLLM source folders whose Python text the planned kernels come from (their hash is recorded).
 KERNEL_SOURCES = ("third_party/flash_linear_attention", "model_executor/layers/mamba/ops",
-                  "model_executor/layers/fused_moe", "model_executor/warmup", "triton_utils")
+                  "model_executor/layers/fused_moe", "model_executor/warmup", "triton_utils",
+                  "third_party/triton_kernels")
 
 
 def detect() -> EngineInfo:

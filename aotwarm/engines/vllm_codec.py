@@ -1,8 +1,11 @@
 """JSON form of the config objects vLLM builds for a layer (dataclasses, enums, named tuples, dtypes, tensor
 geometry), so a build worker can rebuild exactly the objects vLLM made during resolution.
 
-Only classes defined under ``vllm.`` are rebuilt, and only dataclasses, enums and named tuples among them:
-a plan is data, never code (nothing is unpickled or called by name beyond a class constructor).
+Only classes defined under ``vllm.`` -- and under ``triton_kernels.``, the package vLLM's MXFP4 experts import
+(vendored as ``vllm.third_party.triton_kernels``) -- are rebuilt, and only dataclasses, enums and named tuples
+among them, plus ``triton_kernels``' weight layouts, which are plain attribute holders (rebuilt with
+``__new__`` and their recorded attributes): a plan is data, never code (nothing is unpickled or called by name
+beyond a class constructor).
 Tensors are recorded as geometry (shape, strides, dtype) and rebuilt as uninitialised tensors on the
 device asked for: config objects hold scales and maps whose layout, not content, reaches a kernel key.
 """
@@ -16,7 +19,9 @@ from typing import Any
 
 from ..errors import BadInput
 
-ALLOWED_PREFIX = "vllm."
+ALLOWED_PREFIXES = ("vllm.", "triton_kernels.")
+# plain attribute holders (no dataclass), rebuilt from their attributes: triton_kernels' swizzled layouts
+PLAIN_STATE_BASES = ("triton_kernels.tensor_details.layout_details.base:Layout",)
 
 
 def tensor_geometry(t: Any) -> dict:
@@ -58,13 +63,24 @@ def encode(value: Any) -> Any:
         return {"__list__": [encode(v) for v in value], "tuple": isinstance(value, tuple)}
     if isinstance(value, dict):
         return {"__dict__": [[encode(k), encode(v)] for k, v in value.items()]}
+    if _is_plain_state(type(value)):
+        return {"__object__": _qualname(type(value)), "attrs": {k: encode(v) for k, v in sorted(vars(value).items())}}
     raise TypeError(f"cannot describe a {type(value).__module__}.{type(value).__qualname__} as data")
+
+
+def _is_plain_state(cls: type) -> bool:
+    return any(_qualname(base) in PLAIN_STATE_BASES for base in cls.__mro__[1:])
 
 
 def _class(name: str) -> type:
     module, _, qual = name.partition(":")
-    if not module.startswith(ALLOWED_PREFIX):
+    if not module.startswith(ALLOWED_PREFIXES):
         raise BadInput(f"plan names class {name!r}: only vLLM's own config classes are rebuilt")
+    if module.startswith("triton_kernels."):  # vLLM puts its vendored copy on the path (or a site-packages one)
+        from vllm.utils.import_utils import has_triton_kernels
+
+        if not has_triton_kernels():
+            raise BadInput(f"plan names class {name!r}, but this vLLM finds no triton_kernels package")
     try:
         obj: Any = importlib.import_module(module)
     except ImportError:
@@ -114,6 +130,14 @@ def decode(data: Any, device: str = "cpu") -> Any:
         if not (issubclass(cls, tuple) and hasattr(cls, "_fields")):
             raise BadInput(f"plan names {data['__namedtuple__']!r} as a named tuple")
         return cls(*(decode(v, device) for v in data["items"]))
+    if "__object__" in data:
+        cls = _class(data["__object__"])
+        if not _is_plain_state(cls):
+            raise BadInput(f"plan names {data['__object__']!r} as a plain-state object")
+        obj = cls.__new__(cls)
+        for k, v in data["attrs"].items():
+            setattr(obj, str(k), decode(v, device))
+        return obj
     if "__list__" in data:
         items = [decode(v, device) for v in data["__list__"]]
         return tuple(items) if data.get("tuple") else items

@@ -79,21 +79,79 @@ def _one_kind(members: list[tuple[str, Any]]) -> dict:
     experts, prepare = kernel.fused_experts, kernel.prepare_finalize
     facts["experts"] = f"{type(experts).__module__}:{type(experts).__qualname__}"
     facts["prepare_finalize"] = f"{type(prepare).__module__}:{type(prepare).__qualname__}"
+    monolithic = getattr(method, "is_monolithic", False)
     try:
         facts["kernel"] = {
             "moe_config": encode(experts.moe_config),
             "quant_config": encode(experts.quant_config),
-            "w13": tensor_geometry(layer.w13_weight),
-            "w2": tensor_geometry(layer.w2_weight),
+            # MXFP4 (triton_kernels) experts hold swizzled triton_kernels tensors: recorded with their layouts
+            "w13": _weight_data(layer.w13_weight),
+            "w2": _weight_data(layer.w2_weight),
             "activation": encode(layer.activation),
             "global_num_experts": int(layer.global_num_experts),
             "expert_map": encode(layer.expert_map),
             "apply_router_weight_on_input": bool(layer.apply_router_weight_on_input),
             "topk_indices_dtype": encode(method.topk_indices_dtype),
         }
+        state = triton_kernels_state()
+        if state:  # process-wide choices vLLM made while converting the weights (sm90: split_k pinned to 1)
+            facts["kernel"]["triton_kernels_state"] = state
+        if monolithic:  # the runner calls apply_monolithic with the router's logits (routing inside the kernel)
+            facts["kernel"]["monolithic"] = {
+                "num_expert_group": layer.num_expert_group, "topk_group": layer.topk_group,
+                "e_score_correction_bias": encode(layer.e_score_correction_bias),
+                "routed_scaling_factor": layer.routed_scaling_factor,
+            }
+            if getattr(layer, "hash_indices_table", None) is not None:
+                facts["unbuilt"] = "hash-routed monolithic experts (input ids decide the experts) are not driven"
     except TypeError as err:
         facts["unbuilt"] = f"the {type(experts).__name__} kernel holds state aotwarm cannot record: {err}"
     return facts
+
+
+def _opt_flags_module() -> Any:
+    """``triton_kernels``' opt-flags module where vLLM has imported it (its name differs by generation)."""
+    import sys
+
+    return sys.modules.get("triton_kernels.matmul_ogs_details.opt_flags") or \
+        sys.modules.get("triton_kernels.matmul_details.opt_flags")
+
+
+def triton_kernels_state() -> dict:
+    """The ``triton_kernels`` opt-flag constraints set in this process (vLLM's ``_swizzle_mxfp4`` sets them while
+    it loads MXFP4 weights: they steer ``matmul_ogs``' split-K / persistent choices for every later call)."""
+    module = _opt_flags_module()
+    if module is None:
+        return {}
+    if getattr(module, "_opt_flags", None) is not None:
+        raise TypeError("triton_kernels opt flags are pinned to one OptFlags object, which aotwarm does not record")
+    constraints = dict(getattr(module, "_opt_flags_constraints", {}))
+    return {"opt_flags_constraints": constraints} if constraints else {}
+
+
+def apply_triton_kernels_state(state: dict) -> None:
+    """Set the recorded constraints again, through ``triton_kernels``' own function (build workers, verify)."""
+    if not state:
+        return
+    from vllm.utils.import_utils import has_triton_kernels
+
+    has_triton_kernels()
+    import importlib
+
+    from vllm.utils.import_utils import get_triton_kernels_version
+
+    name = ("triton_kernels.matmul_details.opt_flags" if get_triton_kernels_version() == "3.8"
+            else "triton_kernels.matmul_ogs_details.opt_flags")
+    module = importlib.import_module(name)
+    module.reset_opt_flags_constraints()
+    module.update_opt_flags_constraints({str(k): v for k, v in state["opt_flags_constraints"].items()})
+
+
+def _weight_data(w: Any) -> dict:
+    """A plain weight as its geometry; a triton_kernels tensor (storage, layout, logical shape) as data."""
+    import torch
+
+    return {"tensor": tensor_geometry(w)} if isinstance(w, torch.Tensor) else {"data": encode(w)}
 
 
 # -- running vLLM's kernel ----------------------------------------------------------------------------
@@ -157,8 +215,10 @@ class Experts:
                     if isinstance(value, torch.Tensor):
                         value.fill_(1e-3 if value.is_floating_point() else 1)
         experts_cls = _class(facts["experts"])
+        self.monolithic = k.get("monolithic")
+        apply_triton_kernels_state(k.get("triton_kernels_state", {}))
         prepare = maybe_make_prepare_finalize(moe=moe_config, quant_config=quant_config, routing_tables=None,
-                                              allow_new_interface=True, use_monolithic=False)
+                                              allow_new_interface=True, use_monolithic=self.monolithic is not None)
         self.kernel = mk.FusedMoEKernel(prepare, experts_cls(moe_config=moe_config, quant_config=quant_config))
         self.moe_config = moe_config
         self.w13, self.w2 = (self._weight(k["w13"]), self._weight(k["w2"]))
@@ -173,10 +233,12 @@ class Experts:
         # vLLM's routers emit int32 indices unless the kernel asks for another dtype
         self.indices_dtype = decode(k["topk_indices_dtype"]) or torch.int32
 
-    def _weight(self, g: dict):
+    def _weight(self, recorded: dict):
         import torch
 
-        w = empty_tensor(g, self.device)
+        if "data" in recorded:  # a triton_kernels tensor: swizzled storage, uninitialised (packed MXFP4 bytes)
+            return decode(recorded["data"], self.device)
+        w = empty_tensor(recorded["tensor"], self.device)
         dtype = w.dtype
         if self.device == "cpu":  # never written: never paged in
             return w
@@ -198,6 +260,19 @@ class Experts:
             hidden.normal_(0, 1, generator=gen)
             scores = torch.rand(m, self.global_num_experts, device=self.device, generator=gen)
             topk_ids = scores.topk(top_k, dim=1).indices.to(self.indices_dtype)
+        if self.monolithic is not None:  # routing runs inside vLLM's kernel, from the router's logits
+            logits = torch.empty(m, self.global_num_experts, dtype=c.router_logits_dtype or c.in_dtype,
+                                 device=self.device)
+            if self.device != "cpu":
+                logits.normal_(0, 1, generator=gen)
+            mono = self.monolithic
+            return self.kernel.apply_monolithic(
+                hidden_states=hidden, w1=self.w13, w2=self.w2, router_logits=logits, activation=self.activation,
+                global_num_experts=self.global_num_experts, expert_map=self.expert_map,
+                apply_router_weight_on_input=self.apply_router_weight_on_input,
+                num_expert_group=mono["num_expert_group"], topk_group=mono["topk_group"],
+                e_score_correction_bias=decode(mono["e_score_correction_bias"], self.device),
+                routed_scaling_factor=mono["routed_scaling_factor"], routing_sink=None)
         topk_weights = torch.full((m, top_k), 1.0 / top_k, dtype=torch.float32, device=self.device)
         return self.kernel.apply(hidden_states=hidden, w1=self.w13, w2=self.w2, topk_weights=topk_weights,
                                  topk_ids=topk_ids, activation=self.activation,

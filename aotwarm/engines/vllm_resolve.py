@@ -491,6 +491,7 @@ def _cache_key(config_text: str, argv: list[str], target: dict, gpus: int, check
     here = Path(__file__)
     parts = [record, *(here.with_name(n).read_text() for n in (here.name, "vllm_node.py", "vllm_moe.py", "vllm_codec.py",
                                                           "vllm_flashinfer.py")),
+             (here.parent.parent / "observe.py").read_text(),  # the sweep's key names
              config_text,
              json.dumps(argv), json.dumps(target, sort_keys=True), str(gpus), json.dumps(_vllm_env()),
              json.dumps(checkpoint, sort_keys=True)]

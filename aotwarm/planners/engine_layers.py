@@ -47,7 +47,8 @@ def _verdict(kind: dict, serving: ServingArgs, families: set[str]) -> tuple[str,
     if names & {"QwenGatedDeltaNetAttention", "ChunkGatedDeltaRule"}:
         return f"{cls}: Gated DeltaNet kernels -- the gdn family", "gdn" in families
     if names & {"RoutedExperts", "FusedMoE"} or "FusedMoEMethodBase" in names:
-        return f"{cls}: MoE experts -- the fused-moe family ({method or 'its method'})", "fused-moe" in families
+        family = "mxfp4-moe" if "Mxfp4" in (method or "") else "fused-moe"
+        return f"{cls}: MoE experts -- the {family} family ({method or 'its method'})", family in families
     if "RMSNormGated" in names:
         return (f"{cls}: " + ("enabled CustomOp: its Triton kernel -- the gdn family" if kind["enabled"] else
                               INDUCTOR)), "gdn" in families or not kind["enabled"]

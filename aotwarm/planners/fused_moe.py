@@ -24,7 +24,9 @@ from ..targets import Target
 FAMILY = "fused-moe"
 OP = "vllm.fused_moe_experts"
 # experts classes aotwarm cannot sweep GPU-less, by what they run (the class name is vLLM's choice)
-OTHER_EXPERTS = (("FlashInfer", "FlashInfer's MoE: FlashInfer CUDA modules, JIT-built on first use (not built by "
+OTHER_EXPERTS = (("TrtLlm", "FlashInfer's TRT-LLM MoE: a FlashInfer CUDA module JIT-built on first use and TRT-LLM "
+                            "cubins FlashInfer loads at run time (not built by this aotwarm)"),
+                 ("FlashInfer", "FlashInfer's MoE: FlashInfer CUDA modules, JIT-built on first use (not built by "
                                 "this aotwarm)"),
                  ("Humming", "Humming kernels: JIT-compiled with NVRTC on first use (not built by this aotwarm)"),
                  ("Marlin", "Marlin: CUDA kernels precompiled in vLLM's wheel (no JIT)"),
@@ -49,17 +51,40 @@ def cover(groups: list[dict]) -> list[dict]:
     return sorted(chosen, key=lambda g: g["first"])
 
 
+def is_mxfp4(kind: dict) -> bool:
+    """MXFP4 experts (vLLM's ``*Mxfp4MoEMethod``, e.g. gpt-oss): the ``mxfp4-moe`` family plans them."""
+    return "Mxfp4" in kind.get("method", "")
+
+
 def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: EngineInfo
                 ) -> tuple[FamilyCoverage, list[WorkItem]]:
+    kinds = recorded_kinds(FAMILY, spec, serving)
+    if isinstance(kinds, FamilyCoverage):
+        return kinds, []
+    mine = [k for k in kinds if not is_mxfp4(k)]
+    if not mine:
+        return FamilyCoverage(FAMILY, "not-applicable", "every MoE layer kind holds MXFP4 experts: the mxfp4-moe "
+                                                        "family plans them"), []
+    return plan_kinds(FAMILY, mine, target)
+
+
+def recorded_kinds(family: str, spec: ModelSpec, serving: ServingArgs) -> list[dict] | FamilyCoverage:
+    """The MoE layer kinds the resolution recorded, or the coverage saying why there are none."""
     kinds = (serving.vllm or {}).get("moe")
     if kinds is None:
         if not spec.num_experts:
-            return FamilyCoverage(FAMILY, "not-applicable", f"{spec.text_model_type} has no MoE layers"), []
+            return FamilyCoverage(family, "not-applicable", f"{spec.text_model_type} has no MoE layers")
         why = ("the MoE kernels are planned from vLLM's own kernel objects: plan with vLLM 0.33 installed "
                "(--engine vllm), so aotwarm can ask vLLM which experts run")
-        return FamilyCoverage(FAMILY, "not-covered", why, uncovered=[why]), []
+        return FamilyCoverage(family, "not-covered", why, uncovered=[why])
     if not kinds:
-        return FamilyCoverage(FAMILY, "not-applicable", "vLLM built no MoE layer for this model"), []
+        return FamilyCoverage(family, "not-applicable", "vLLM built no MoE layer for this model")
+    return kinds
+
+
+def plan_kinds(family: str, kinds: list[dict], target: Target, notes: tuple[str, ...] = ()
+               ) -> tuple[FamilyCoverage, list[WorkItem]]:
+    """Work items for the recorded MoE layer kinds: the fewest token counts whose keys cover the sweep."""
     items: list[WorkItem] = []
     kernels: list[KernelCoverage] = []
     said: list[str] = []
@@ -87,7 +112,7 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
         chosen = cover(groups)
         body = {k: v for k, v in kind.items() if k not in ("sweep",)}
         for i, g in enumerate(chosen):
-            items.append(WorkItem(f"{FAMILY}/{n}/{i:02d}", FAMILY, OP, {"moe": body, "tokens": g["first"]},
+            items.append(WorkItem(f"{family}/{n}/{i:02d}", family, OP, {"moe": body, "tokens": g["first"]},
                                   f"M={g['first']} reaches {len(g['keys'])} key(s) (also M up to {g['last']}, "
                                   f"{g['count']} token counts in all)"))
         names = sorted({k for g in groups for k in g["kernels"]})
@@ -96,11 +121,14 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
         kernels.extend(KernelCoverage(name, f"{who}: M 1..{kind['max_tokens']}", classes) for name in names)
         said.append(f"{who}: {keys} JIT keys over M 1..{kind['max_tokens']}, {len(groups)} key sets, "
                     f"{len(chosen)} token counts build them all")
-        said.append("routing not swept: vLLM's CUDA routers run its compiled top-k ops (topk_softmax / "
-                    "topk_sigmoid / grouped_topk); grouped_topk falls back to a torch.compile'd function for "
-                    "shapes its op refuses (an Inductor JIT, not in this bundle)")
+        if not kind["kernel"].get("monolithic"):
+            said.append("routing not swept: vLLM's CUDA routers run its compiled top-k ops (topk_softmax / "
+                        "topk_sigmoid / grouped_topk); grouped_topk falls back to a torch.compile'd function for "
+                        "shapes its op refuses (an Inductor JIT, not in this bundle)")
+    if items:
+        said.extend(notes)
     status = "planned" if items else ("not-covered" if uncovered else "not-applicable")
-    return FamilyCoverage(FAMILY, status, "; ".join(said), kernels, uncovered=uncovered), items
+    return FamilyCoverage(family, status, "; ".join(said), kernels, uncovered=uncovered), items
 
 
 def audit_items(items: list[WorkItem], serving: ServingArgs, rng) -> list[WorkItem]:
@@ -113,5 +141,6 @@ def audit_items(items: list[WorkItem], serving: ServingArgs, rng) -> list[WorkIt
             continue
         seen.add(layer)
         m = rng.choice([rng.randint(1, 64), rng.randint(1, item.params["moe"]["max_tokens"])])
-        out.append(WorkItem(f"audit/{FAMILY}/{len(out)}", FAMILY, OP, {**item.params, "tokens": m}, "audit sample"))
+        out.append(WorkItem(f"audit/{item.family}/{len(out)}", item.family, OP, {**item.params, "tokens": m},
+                            "audit sample"))
     return out
