@@ -25,14 +25,14 @@ LEG36   = tests/test_autotune_key.py tests/test_device.py tests/test_launchers.p
 $(BIN)/aotwarm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(VLLM)
+	$(BIN)/pip install -q --no-cache-dir $(VLLM)
 	$(BIN)/pip install -q -e '.[fla,test]'
 	@touch $@
 
 $(BIN36)/aotwarm: pyproject.toml
 	$(PYTHON) -m venv $(VENV36)
 	$(BIN36)/pip install -q --upgrade pip
-	$(BIN36)/pip install -q $(PINS36)
+	$(BIN36)/pip install -q --no-cache-dir $(PINS36)
 	$(BIN36)/pip install -q -e '.[fla,test,vllm-kernels]'
 	$(BIN36)/pip install -q --no-deps $(VLLM)
 	@touch $@

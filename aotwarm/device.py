@@ -90,6 +90,7 @@ class _VirtualStream:
     cuda_stream = 0
     stream_id = 0
     device_index = 0
+    device_type = 1  # torch's DeviceType.CUDA, as torch.cuda.Stream reports it
 
     def __init__(self, *args: Any, **kwargs: Any):
         pass

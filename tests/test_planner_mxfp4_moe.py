@@ -125,3 +125,16 @@ def test_mxfp4_keys_match_vllms_own_conversion_and_compile_gpu_less(tmp_path):
     # and the build workers' rebuild (another process: vLLM's process-wide triton_kernels choices re-applied)
     built = {hashlib.sha256(k.encode()).hexdigest()[:16] for k in probe_plan(plan, jobs=2).probe["jit_keys"]}
     assert built == set().union(*(set(g["keys"]) for g in independent["groups"]))
+
+
+@requires_vllm_stack
+def test_with_lora_vllm_picks_marlin_and_the_moe_lora_kernels_are_stated():
+    """``--enable-lora``: vLLM's oracle leaves the triton_kernels experts (no LoRA support) for Marlin; the fused
+    MoE-LoRA Triton kernels vLLM adds are not planned by this aotwarm -- said, not silent."""
+    plan = vllm_plan(GPT_OSS, "--enable-lora", "--max-loras", "4", "--max-lora-rank", "16", families=("mxfp4-moe",))
+    (kind,) = kinds(plan)
+    assert kind["backend"] == "mxfp4_backend=MARLIN" and kind["experts"].endswith(":MarlinExperts")
+    fam = family(plan, "mxfp4-moe")
+    assert fam.status == "not-covered" and plan.items == []
+    assert any(u.startswith("LoRA (max_loras 4, max_lora_rank 16)") and "fused_moe_lora" in u for u in fam.uncovered)
+    assert any("Marlin" in u for u in fam.uncovered)

@@ -311,10 +311,19 @@ def decide(model_dir: str, argv: list[str], target: Any, checkpoint: dict | None
         "speculative_method": getattr(spec, "method", None) if spec else None,
         "num_speculative_tokens": vc.num_speculative_tokens if spec else 0,
         "use_v2_model_runner": bool(getattr(vc, "use_v2_model_runner", False)),
+        "lora": _lora(vc.lora_config),
     }
     return {"argv": argv, "resolved": resolved, "gdn": gdn, "layer_methods": methods, "moe": moe,
             "fp8_linears": linears, "modules": modules, "flashinfer": flashinfer,
             "checkpoint": loaded or {"source": (checkpoint or {}).get("source", "no checkpoint headers read")}}
+
+
+def _lora(lc: Any) -> dict | None:
+    """vLLM's LoRA config as it resolved it (``--enable-lora``), or None."""
+    if lc is None:
+        return None
+    return {"max_loras": lc.max_loras, "max_lora_rank": lc.max_lora_rank,
+            "fully_sharded_loras": bool(lc.fully_sharded_loras)}
 
 
 def _module_kinds(model: Any) -> list[dict]:
@@ -491,7 +500,7 @@ def _cache_key(config_text: str, argv: list[str], target: dict, gpus: int, check
     here = Path(__file__)
     parts = [record, *(here.with_name(n).read_text() for n in (here.name, "vllm_node.py", "vllm_moe.py", "vllm_codec.py",
                                                           "vllm_flashinfer.py")),
-             (here.parent.parent / "observe.py").read_text(),  # the sweep's key names
+             *((here.parent.parent / n).read_text() for n in ("observe.py", "device.py")),  # key names, virtual GPU
              config_text,
              json.dumps(argv), json.dumps(target, sort_keys=True), str(gpus), json.dumps(_vllm_env()),
              json.dumps(checkpoint, sort_keys=True)]

@@ -65,7 +65,7 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
     if not mine:
         return FamilyCoverage(FAMILY, "not-applicable", "every MoE layer kind holds MXFP4 experts: the mxfp4-moe "
                                                         "family plans them"), []
-    return plan_kinds(FAMILY, mine, target)
+    return plan_kinds(FAMILY, mine, target, serving=serving)
 
 
 def recorded_kinds(family: str, spec: ModelSpec, serving: ServingArgs) -> list[dict] | FamilyCoverage:
@@ -82,13 +82,28 @@ def recorded_kinds(family: str, spec: ModelSpec, serving: ServingArgs) -> list[d
     return kinds
 
 
-def plan_kinds(family: str, kinds: list[dict], target: Target, notes: tuple[str, ...] = ()
-               ) -> tuple[FamilyCoverage, list[WorkItem]]:
+def lora_statement(serving: ServingArgs) -> str | None:
+    """With ``--enable-lora`` vLLM adds its fused MoE-LoRA Triton kernels to the experts: not planned here."""
+    lora = ((serving.vllm or {}).get("resolved") or {}).get("lora")
+    if not lora:
+        return None
+    return (f"LoRA (max_loras {lora['max_loras']}, max_lora_rank {lora['max_lora_rank']}"
+            f"{', fully sharded' if lora['fully_sharded_loras'] else ''}): vLLM adds its fused MoE-LoRA Triton "
+            f"kernels (fused_moe_lora small-batch / one-shot / shrink-expand) to the experts; they are not planned by "
+            f"this aotwarm and compile on the node")
+
+
+def plan_kinds(family: str, kinds: list[dict], target: Target, notes: tuple[str, ...] = (),
+               serving: ServingArgs | None = None) -> tuple[FamilyCoverage, list[WorkItem]]:
     """Work items for the recorded MoE layer kinds: the fewest token counts whose keys cover the sweep."""
     items: list[WorkItem] = []
     kernels: list[KernelCoverage] = []
     said: list[str] = []
     uncovered: list[str] = []
+    lora = lora_statement(serving) if serving is not None else None
+    if lora:
+        uncovered.append(lora)
+        said.append(lora)
     for n, kind in enumerate(kinds):
         who = (f"{kind['layers']} x {kind['layer'].rsplit('.', 2)[-2] if '.' in kind['layer'] else kind['layer']} "
                f"({kind['method']}, {kind['backend']}, {_short(kind.get('experts', '?'))})")

@@ -37,7 +37,7 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
         methods = sorted({k.get("method", "?") for k in kinds})
         return FamilyCoverage(FAMILY, "not-applicable", f"no MXFP4 experts: vLLM's MoE methods here are "
                                                         f"{', '.join(methods)} (the fused-moe family)"), []
-    return plan_kinds(FAMILY, mine, target, notes=(NOTE,))
+    return plan_kinds(FAMILY, mine, target, notes=(NOTE,), serving=serving)
 
 
 __all__ = ["FAMILY", "audit_items", "plan_family"]  # audit: random M through the same vLLM kernel, per layer kind
