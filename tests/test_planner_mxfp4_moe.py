@@ -131,10 +131,13 @@ def test_mxfp4_keys_match_vllms_own_conversion_and_compile_gpu_less(tmp_path):
 def test_with_lora_vllm_picks_marlin_and_the_moe_lora_kernels_are_stated():
     """``--enable-lora``: vLLM's oracle leaves the triton_kernels experts (no LoRA support) for Marlin; the fused
     MoE-LoRA Triton kernels vLLM adds are not planned by this aotwarm -- said, not silent."""
-    plan = vllm_plan(GPT_OSS, "--enable-lora", "--max-loras", "4", "--max-lora-rank", "16", families=("mxfp4-moe",))
+    plan = vllm_plan(GPT_OSS, "--enable-lora", "--max-loras", "4", "--max-lora-rank", "16",
+                     families=("mxfp4-moe", "moe-lora"))
     (kind,) = kinds(plan)
     assert kind["backend"] == "mxfp4_backend=MARLIN" and kind["experts"].endswith(":MarlinExperts")
-    fam = family(plan, "mxfp4-moe")
+    assert family(plan, "mxfp4-moe").status == "not-applicable" and "moe-lora" in family(plan, "mxfp4-moe").summary
+    fam = family(plan, "moe-lora")
     assert fam.status == "not-covered" and plan.items == []
-    assert any(u.startswith("LoRA (max_loras 4, max_lora_rank 16)") and "fused_moe_lora" in u for u in fam.uncovered)
+    assert any("fused MoE-LoRA Triton kernels" in u and "compile on the node" in u for u in fam.uncovered)
     assert any("Marlin" in u for u in fam.uncovered)
+    assert any(u.startswith("LoRA (max_loras 4, max_lora_rank 16)") and "lora_shrink" in u for u in fam.uncovered)

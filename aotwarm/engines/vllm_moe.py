@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from .vllm_codec import decode, empty_tensor, encode, tensor_geometry
+from .vllm_moe_lora import Attached
 
 # vLLM's compiled-op namespaces whose CUDA kernels MoE calls between its Triton launches
 OP_NAMESPACES = ("_C", "_moe_C")
@@ -219,7 +220,10 @@ class Experts:
         apply_triton_kernels_state(k.get("triton_kernels_state", {}))
         prepare = maybe_make_prepare_finalize(moe=moe_config, quant_config=quant_config, routing_tables=None,
                                               allow_new_interface=True, use_monolithic=self.monolithic is not None)
-        self.kernel = mk.FusedMoEKernel(prepare, experts_cls(moe_config=moe_config, quant_config=quant_config))
+        experts = experts_cls(moe_config=moe_config, quant_config=quant_config)
+        self.kernel = mk.FusedMoEKernel(prepare, experts)
+        # --enable-lora: vLLM's LoRA context on the experts (its fused MoE-LoRA kernels run inside apply)
+        self.lora = Attached(facts["lora"], experts, prepare, device) if "lora" in facts else None
         self.moe_config = moe_config
         self.w13, self.w2 = (self._weight(k["w13"]), self._weight(k["w2"]))
         self.activation = decode(k["activation"])
@@ -252,6 +256,8 @@ class Experts:
 
         c = self.moe_config
         top_k = c.experts_per_token
+        if self.lora is not None:
+            self.lora.map_tokens(m)
         hidden = torch.empty(m, c.hidden_dim, dtype=c.in_dtype, device=self.device)
         if self.device == "cpu":  # contents reach no key: vLLM's CUDA ops are no-ops here
             topk_ids = torch.zeros(m, top_k, dtype=self.indices_dtype)

@@ -62,7 +62,12 @@ def set_platform(gpus: int) -> Any:
     from vllm.platforms.cuda import NonNvmlCudaPlatform
 
     class VirtualNodeCudaPlatform(NonNvmlCudaPlatform):
-        """vLLM's CUDA platform; only the GPU count of the node is given (it has no NVML to ask)."""
+        """vLLM's CUDA platform; only the GPU count of the node is given (it has no NVML to ask).  vLLM's
+        Python custom ops (``direct_register_custom_op``: e.g. ``vllm::fused_moe_lora``, whose body launches
+        Triton kernels) register their implementation for the platform's dispatch key: here the tensors are
+        CPU tensors on the virtual GPU, so the key is ``CPU`` (vLLM's compiled CUDA ops are unaffected)."""
+
+        dispatch_key = "CPU"
 
         @classmethod
         def device_count(cls) -> int:
@@ -70,7 +75,28 @@ def set_platform(gpus: int) -> Any:
 
     platform = VirtualNodeCudaPlatform()
     platforms._current_platform = platform
+    _answer_device_attributes()
     return platform
+
+
+def _answer_device_attributes() -> None:
+    """vLLM's compiled device-attribute queries, answered as the (virtual) GPU's properties answer them: the
+    opt-in shared memory per block decides kernel variants (e.g. the fused MoE-LoRA one-shot kernel)."""
+    import torch
+    import vllm._custom_ops as ops
+
+    def max_shared_memory_per_block(device_id: int | None = 0) -> int:
+        return int(torch.cuda.get_device_properties(device_id or 0).shared_memory_per_block_optin)
+
+    ops.get_max_shared_memory_per_block_device_attribute = max_shared_memory_per_block
+
+
+def no_pinned_memory() -> None:
+    """A node without a GPU driver cannot pin host memory: vLLM's host->device staging (``async_tensor_h2d``,
+    LoRA and block-table metadata) would ask for it.  A copy detail no kernel key depends on."""
+    import vllm.utils.torch_utils as torch_utils
+
+    torch_utils.PIN_MEMORY = False
 
 
 class _RankZero:

@@ -111,9 +111,7 @@ def ensure_cuda_platform(force: bool = False) -> str:
 def setup_worker_device(device: str) -> None:
     """vLLM's platform for a worker that runs engine ops on ``device`` ("cpu": GPU-less build workers)."""
     ensure_cuda_platform(force=(device == "cpu"))
-    if device == "cpu":
-        # Build workers hold CPU tensors: vLLM's host->device staging would ask for pinned memory,
-        # which needs a real GPU.  It is a copy detail that no kernel key depends on.
-        import vllm.utils.torch_utils as torch_utils
+    if device == "cpu":  # build workers hold CPU tensors, on no driver
+        from .vllm_node import no_pinned_memory
 
-        torch_utils.PIN_MEMORY = False
+        no_pinned_memory()

@@ -275,8 +275,11 @@ def decide(model_dir: str, argv: list[str], target: Any, checkpoint: dict | None
         methods = _quant_methods(model)
         linears = _fp8_linears(model)
         modules = _module_kinds(model)
-        moe = _moe_kinds(model, vc.scheduler_config.max_num_batched_tokens)
+        lora = vc.lora_config is not None
+        moe = _moe_kinds(model, vc.scheduler_config.max_num_batched_tokens, swept=not lora)
         flashinfer = _flashinfer(model, vc)
+        if lora:  # last: vLLM's LoRA manager replaces the model's layers; the MoE kinds are swept with it
+            _moe_lora(model, vc, moe, vc.scheduler_config.max_num_batched_tokens)
     cc, sc, pc, comp, mc = (vc.cache_config, vc.scheduler_config, vc.parallel_config, vc.compilation_config,
                             vc.model_config)
     spec = vc.speculative_config
@@ -385,21 +388,40 @@ def _fp8_linears(model: Any) -> list[dict]:
     return sorted(kinds.values(), key=lambda k: k["layer"])
 
 
-def _moe_kinds(model: Any, max_tokens: int) -> list[dict]:
-    """Each MoE layer kind's modular kernel as vLLM built it, and which JIT keys each token count M in
-    1..max_tokens reaches through it (``vllm_moe``)."""
-    from .vllm_moe import moe_facts, sweep
+def _moe_kinds(model: Any, max_tokens: int, swept: bool = True) -> list[dict]:
+    """Each MoE layer kind's modular kernel as vLLM built it, and (``swept``) which JIT keys each token count M
+    in 1..max_tokens reaches through it (``vllm_moe``)."""
+    from .vllm_moe import moe_facts
 
     kinds = moe_facts(model)
-    for kind in kinds:
-        if "kernel" not in kind:
-            continue
-        try:
-            kind["sweep"] = sweep(kind, max_tokens)
-            kind["max_tokens"] = max_tokens
-        except Exception as err:  # noqa: BLE001 -- recorded: the plan states the kind as not covered, with this
-            kind["unswept"] = f"{type(err).__name__}: {_one_line(err)}"
+    if swept:
+        for kind in kinds:
+            _sweep_kind(kind, max_tokens)
     return kinds
+
+
+def _sweep_kind(kind: dict, max_tokens: int, how: str = "") -> None:
+    from .vllm_moe import sweep
+
+    if "kernel" not in kind:
+        return
+    try:
+        kind["sweep"] = sweep(kind, max_tokens)
+        kind["max_tokens"] = max_tokens
+    except Exception as err:  # noqa: BLE001 -- recorded: the plan states the kind as not covered, with this
+        kind["unswept"] = f"{how}{type(err).__name__}: {_one_line(err)}"
+
+
+def _moe_lora(model: Any, vc: Any, kinds: list[dict], max_tokens: int) -> None:
+    """With ``--enable-lora``: each MoE kind's LoRA context as vLLM's LoRA manager sets it up, and the sweep
+    again with it (the LoRA kernels, and the base path as it runs with a LoRA context) (``vllm_moe_lora``)."""
+    from .vllm_moe_lora import lora_facts
+
+    lora_facts(model, vc, kinds)
+    for kind in kinds:  # without a LoRA context where vLLM's could not be built (said in the plan)
+        _sweep_kind(kind, max_tokens, "with vLLM's LoRA context: " if "lora" in kind else "")
+        if "lora" in kind and "unswept" in kind:
+            kind["lora_unbuilt"] = "the experts could not be driven GPU-less with vLLM's LoRA context (below)"
 
 
 def _flashinfer(model: Any, vc: Any) -> dict:
@@ -499,7 +521,7 @@ def _cache_key(config_text: str, argv: list[str], target: dict, gpus: int, check
         record = ""
     here = Path(__file__)
     parts = [record, *(here.with_name(n).read_text() for n in (here.name, "vllm_node.py", "vllm_moe.py", "vllm_codec.py",
-                                                          "vllm_flashinfer.py")),
+                                                          "vllm_moe_lora.py", "vllm_flashinfer.py")),
              *((here.parent.parent / n).read_text() for n in ("observe.py", "device.py")),  # key names, virtual GPU
              config_text,
              json.dumps(argv), json.dumps(target, sort_keys=True), str(gpus), json.dumps(_vllm_env()),
@@ -554,7 +576,7 @@ def main() -> int:
     sys.stdout = sys.stderr
     from ..device import VirtualDevice
     from ..targets import Target
-    from .vllm_node import load_compiled_ops, quiet_vllm_logging, set_platform
+    from .vllm_node import load_compiled_ops, no_pinned_memory, quiet_vllm_logging, set_platform
 
     quiet_vllm_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only config.json is read, from the folder given
@@ -563,6 +585,7 @@ def main() -> int:
         loaded = load_compiled_ops()
         VirtualDevice(Target.from_dict(request["target"])).install()  # noqa: the target GPU, virtual
         set_platform(int(request.get("gpus", 8)))
+        no_pinned_memory()
         target = Target.from_dict(request["target"])
         answer = {"ok": True, "compiled_ops": loaded,
                   **decide(request["model_dir"], list(request["argv"]), target, request.get("checkpoint"))}

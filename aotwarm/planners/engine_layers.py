@@ -47,7 +47,8 @@ def _verdict(kind: dict, serving: ServingArgs, families: set[str]) -> tuple[str,
     if names & {"QwenGatedDeltaNetAttention", "ChunkGatedDeltaRule"}:
         return f"{cls}: Gated DeltaNet kernels -- the gdn family", "gdn" in families
     if names & {"RoutedExperts", "FusedMoE"} or "FusedMoEMethodBase" in names:
-        family = "mxfp4-moe" if "Mxfp4" in (method or "") else "fused-moe"
+        lora = ((serving.vllm or {}).get("resolved") or {}).get("lora")
+        family = "moe-lora" if lora else "mxfp4-moe" if "Mxfp4" in (method or "") else "fused-moe"
         return f"{cls}: MoE experts -- the {family} family ({method or 'its method'})", family in families
     if "RMSNormGated" in names:
         return (f"{cls}: " + ("enabled CustomOp: its Triton kernel -- the gdn family" if kind["enabled"] else

@@ -20,7 +20,7 @@ from ..engines import EngineInfo
 from ..model import ModelSpec
 from ..plan import FamilyCoverage, ServingArgs, WorkItem
 from ..targets import Target
-from .fused_moe import audit_items, is_mxfp4, plan_kinds, recorded_kinds
+from .fused_moe import audit_items, has_lora, is_mxfp4, plan_kinds, recorded_kinds
 
 FAMILY = "mxfp4-moe"
 NOTE = ("routing is inside the sweep: vLLM's MXFP4 kernel routes the router logits with triton_kernels' own "
@@ -32,12 +32,14 @@ def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: E
     kinds = recorded_kinds(FAMILY, spec, serving)
     if isinstance(kinds, FamilyCoverage):
         return kinds, []
-    mine = [k for k in kinds if is_mxfp4(k)]
+    mine = [k for k in kinds if is_mxfp4(k) and not has_lora(k)]
     if not mine:
         methods = sorted({k.get("method", "?") for k in kinds})
-        return FamilyCoverage(FAMILY, "not-applicable", f"no MXFP4 experts: vLLM's MoE methods here are "
-                                                        f"{', '.join(methods)} (the fused-moe family)"), []
-    return plan_kinds(FAMILY, mine, target, notes=(NOTE,), serving=serving)
+        why = ("MXFP4 experts run with vLLM's LoRA context here: the moe-lora family plans them"
+               if any(is_mxfp4(k) for k in kinds) else
+               f"no MXFP4 experts: vLLM's MoE methods here are {', '.join(methods)} (the fused-moe family)")
+        return FamilyCoverage(FAMILY, "not-applicable", why), []
+    return plan_kinds(FAMILY, mine, target, notes=(NOTE,))
 
 
 __all__ = ["FAMILY", "audit_items", "plan_family"]  # audit: random M through the same vLLM kernel, per layer kind
