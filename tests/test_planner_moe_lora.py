@@ -80,6 +80,5 @@ def test_moe_lora_keys_compile_gpu_less(tmp_path):
     assert summary["failed_items"] == 0 and summary["cache_entries"] == summary["planned_jit_keys"] > 10
     plan = vllm_plan(QWEN3_30B_FP8, *TP2, *LORA, "--max-lora-rank", "16", "--max-num-batched-tokens", "64",
                      "--max-num-seqs", "16", families=("moe-lora",))  # the build's resolution (cached)
-    assert {n for n in family(plan, "moe-lora").kernels} and \
-        {k.kernel for k in family(plan, "moe-lora").kernels} >= {"_fused_moe_lora_small_batch_kernel",
-                                                                  "_fused_moe_lora_one_shot_kernel"}
+    assert {k.kernel for k in family(plan, "moe-lora").kernels} >= {"_fused_moe_lora_small_batch_kernel",
+                                                                     "_fused_moe_lora_one_shot_kernel"}
