@@ -167,12 +167,13 @@ def test_online_per_tensor_fp8_quantizes_on_meta_and_plans_the_triton_experts():
 def test_per_channel_fp8_runs_cutlass_on_sm90_and_triton_only_below_nine_tokens_on_sm100():
     """compressed-tensors FP8 (per-channel weights, dynamic per-token activations): vLLM picks its CUTLASS
     experts with a Triton fallback that only sm100 uses (M <= 8).  The sweep, not a rule copied here, says so."""
-    h200 = vllm_plan(FP8_DYNAMIC, families=("fused-moe",))
+    small = ("--max-num-batched-tokens", "512")  # the sm100 fallback's bound (M <= 8) is far inside it
+    h200 = vllm_plan(FP8_DYNAMIC, *small, families=("fused-moe",))
     (kind,) = kinds(h200)
     assert kind["experts"].endswith(":TritonOrCutlassExperts") and not any(g["keys"] for g in kind["sweep"])
     assert family(h200).status == "not-applicable" and h200.items == []
     assert "launched no Triton kernel on NVIDIA H200: it runs CUTLASS" in family(h200).summary
-    b200 = vllm_plan(FP8_DYNAMIC, gpu="b200", families=("fused-moe",))
+    b200 = vllm_plan(FP8_DYNAMIC, *small, gpu="b200", families=("fused-moe",))
     (kind,) = kinds(b200)
     with_keys = [g for g in kind["sweep"] if g["keys"]]
     assert with_keys and max(g["last"] for g in with_keys) == 8 and family(b200).status == "planned"

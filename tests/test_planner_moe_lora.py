@@ -54,7 +54,7 @@ def test_lora_experts_are_swept_with_vllms_lora_context(rank, small_batch, one_s
 
 @requires_vllm_stack
 def test_fully_sharded_lora_at_tp2_is_stated_not_planned():
-    plan = lora_plan(16, "--fully-sharded-loras")
+    plan = lora_plan(16, "--fully-sharded-loras", "--max-num-batched-tokens", "64", "--max-num-seqs", "16")
     (kind,) = kinds(plan)
     assert "lora" not in kind and "TP group" in kind["lora_unbuilt"]
     fam = family(plan, "moe-lora")

@@ -66,7 +66,7 @@ def test_gpt_oss_on_sm90_is_vllms_triton_kernels_experts_swept_over_every_m():
 
 @requires_vllm_stack
 def test_gpt_oss_tp2_shards_the_experts_and_sm100_is_stated():
-    tp2 = vllm_plan(GPT_OSS, "--tensor-parallel-size", "2", families=FAMILIES)
+    tp2 = vllm_plan(GPT_OSS, "--tensor-parallel-size", "2", *SMALL, families=FAMILIES)
     (kind,) = kinds(tp2)
     # the 1440-wide shard, padded by vLLM's MXFP4 rounding (to a multiple of 64 for the Triton backend)
     assert kind["kernel"]["moe_config"]["fields"]["intermediate_size_per_partition"] == 1472
