@@ -251,6 +251,8 @@ def build(model, plan_file, output, keep_going, work_dir, item_timeout, launcher
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C too, even where the build was started with SIGINT ignored (inherited from a parent process)
+    signal.signal(signal.SIGINT, _interrupt)
     if plan_file and model:
         raise BadInput("give either MODEL or --plan, not both")
     if record_file:
