@@ -110,12 +110,16 @@ def _one_kind(members: list[tuple[str, Any]]) -> dict:
     return facts
 
 
+# triton_kernels' opt-flags module, by API generation (vLLM's get_triton_kernels_version: "3.8" renamed it)
+OPT_FLAGS_MODULES = {"3.8": "triton_kernels.matmul_details.opt_flags",
+                     "older": "triton_kernels.matmul_ogs_details.opt_flags"}
+
+
 def _opt_flags_module() -> Any:
-    """``triton_kernels``' opt-flags module where vLLM has imported it (its name differs by generation)."""
+    """``triton_kernels``' opt-flags module where vLLM has imported it in this process, else None."""
     import sys
 
-    return sys.modules.get("triton_kernels.matmul_ogs_details.opt_flags") or \
-        sys.modules.get("triton_kernels.matmul_details.opt_flags")
+    return next((sys.modules[n] for n in OPT_FLAGS_MODULES.values() if n in sys.modules), None)
 
 
 def triton_kernels_state() -> dict:
@@ -134,16 +138,12 @@ def apply_triton_kernels_state(state: dict) -> None:
     """Set the recorded constraints again, through ``triton_kernels``' own function (build workers, verify)."""
     if not state:
         return
-    from vllm.utils.import_utils import has_triton_kernels
-
-    has_triton_kernels()
     import importlib
 
-    from vllm.utils.import_utils import get_triton_kernels_version
+    from vllm.utils.import_utils import get_triton_kernels_version  # puts vLLM's triton_kernels on the path
 
-    name = ("triton_kernels.matmul_details.opt_flags" if get_triton_kernels_version() == "3.8"
-            else "triton_kernels.matmul_ogs_details.opt_flags")
-    module = importlib.import_module(name)
+    version = get_triton_kernels_version()
+    module = importlib.import_module(OPT_FLAGS_MODULES["3.8" if version == "3.8" else "older"])
     module.reset_opt_flags_constraints()
     module.update_opt_flags_constraints({str(k): v for k, v in state["opt_flags_constraints"].items()})
 
