@@ -1,7 +1,8 @@
 """moe-lora family (vLLM 0.33, ``--enable-lora``): vLLM's LoRA manager wraps the MoE layers on meta, each kind's
 ``MoELoRAContext`` is recorded, and the experts are swept with it over every token count -- the fused MoE-LoRA
 Triton kernels (small-batch / one-shot) and the base GEMMs as they run next to them; build workers reach the same
-keys; what is not planned (dense punica LoRA kernels, fully sharded LoRA at TP > 1) is said."""
+keys; what is not planned (dense punica LoRA kernels, fully sharded LoRA at TP > 1) is said.  The sweep is checked
+against vLLM's own LoRA-wrapped MoE layer (``tests/independent/moe_lora_layer.py``), not against aotwarm's rebuild."""
 
 import collections
 import hashlib
@@ -9,8 +10,13 @@ import json
 
 import pytest
 
+from aotwarm.plan import ServingArgs
+from aotwarm.targets import resolve_target
+
 from aotwarm.probe import probe_plan
 from tests.conftest import requires_vllm_stack, run_cli
+from tests.independent.child import Child
+from tests.test_moe_layer_independent import comparable
 from tests.test_planner_fused_moe import QWEN3_30B_FP8, TP2, family, kinds
 from tests.vllm_plans import vllm_plan
 
@@ -82,3 +88,24 @@ def test_moe_lora_keys_compile_gpu_less(tmp_path):
                      "--max-num-seqs", "16", families=("moe-lora",))  # the build's resolution (cached)
     assert {k.kernel for k in family(plan, "moe-lora").kernels} >= {"_fused_moe_lora_small_batch_kernel",
                                                                      "_fused_moe_lora_one_shot_kernel"}
+
+
+@pytest.mark.slow
+@requires_vllm_stack
+def test_sweep_equals_vllms_own_lora_wrapped_layer(tmp_path):
+    """The plan's sweep (aotwarm's record of the LoRA context, vLLM's punica wrapper rebuilt, metadata laid out by
+    aotwarm) against vLLM's own: its LoRA manager wraps the model, adds ``max_loras`` adapters, and per token count
+    a random mix of requests on adapters (or none) goes through ``set_active_adapters`` before the layer's
+    ``forward_modular`` -- every token count, key for key."""
+    (tmp_path / "config.json").write_text(QWEN3_30B_FP8.read_text())
+    target = json.dumps(resolve_target("h200").target.to_dict())
+    child = Child(tmp_path, ["-m", "tests.independent.moe_lora_layer", "keys", str(tmp_path), target, "--", *TP2,
+                             *LORA, "--max-lora-rank", "64", *TOKENS])
+    planned = {k["layer"]: k for k in ServingArgs.from_dict(lora_plan(64).serving).vllm["moe"] if "sweep" in k}
+    independent = child.result(timeout=900)
+    assert planned and set(independent["kinds"]) == set(planned)
+    for layer, kind in planned.items():
+        own = independent["kinds"][layer]
+        assert kind["experts"].endswith(":" + own["experts"])
+        assert sum(g["count"] for g in own["groups"]) == 512
+        assert comparable(kind["sweep"]) == comparable(own["groups"]), layer

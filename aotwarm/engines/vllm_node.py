@@ -94,9 +94,14 @@ def _answer_device_attributes() -> None:
 def no_pinned_memory() -> None:
     """A node without a GPU driver cannot pin host memory: vLLM's host->device staging (``async_tensor_h2d``,
     LoRA and block-table metadata) would ask for it.  A copy detail no kernel key depends on."""
+    import sys
+
     import vllm.utils.torch_utils as torch_utils
 
     torch_utils.PIN_MEMORY = False
+    for name, module in list(sys.modules.items()):  # modules that imported the flag by name (vllm.lora.*)
+        if name.startswith("vllm.") and getattr(module, "PIN_MEMORY", None) is True:
+            module.PIN_MEMORY = False
 
 
 class _RankZero:
