@@ -4,7 +4,8 @@
 #
 #   Each carrying call copies what it carried into $CARRY (/tmp/carry; it stays while the machine is warm):
 #     triton38/p1, p2      Triton 3.8.0 wheel parts (../shared/tools/pack-triton.sh 3.8.0)
-#     whl/*.whl            vLLM's pure-Python needs the machine lacks, fla-core, zstandard (cp312)
+#     whl/*.whl            vLLM's pure-Python needs the machine lacks (compressed-tensors + loguru: vLLM's quantization
+#                          registry imports them), fla-core, zstandard (cp312)
 #     vllm/vllm-src.tar.xz vLLM 0.33.0's files without its compiled ops (and without vllm-rs, DeepGEMM, fmha)
 #     vllmso/_C_stable_libtorch.abi3.so.xz   vLLM's compiled ops (they load with torch 2.11)
 #     vllmso2/_moe_C_stable_libtorch.abi3.so.xz   vLLM's MoE ops (moe_align_block_size, moe_sum, topk_softmax)

@@ -199,6 +199,15 @@ def keys(model_dir: str, target_json: str, argv: list[str]) -> dict:
     return out
 
 
+def _node_of(gpus: int) -> None:
+    """The test GPU machine has one GPU; vLLM's own CUDA platform is told the node has ``gpus`` so that its config
+    accepts the plan's tensor-parallel size (this process is rank 0; its process groups answer with that size)."""
+    from vllm.platforms import current_platform
+
+    real = type(current_platform).device_count
+    type(current_platform).device_count = classmethod(lambda cls: max(gpus, real()))
+
+
 def run_gpu(model_dir: str, seed: int, n: int, argv: list[str]) -> dict:
     import torch
 
@@ -206,6 +215,7 @@ def run_gpu(model_dir: str, seed: int, n: int, argv: list[str]) -> dict:
     from aotwarm.observe import Observer
 
     load_compiled_ops()
+    _node_of(8)
     harness = LoRAExperts(model_dir, argv, "cuda")
     harness.randomize_adapters()
     torch.cuda.synchronize()
