@@ -70,7 +70,7 @@ def serving_options(fn):
         click.option("--max-prefill-batch", type=click.IntRange(1, 64),
                      help="fla: largest padded prefill batch (transformers generate() with several prompts; default 1)."),
         click.option("--family", "families", multiple=True, default=("all",), show_default=True,
-                     help="Kernel families to plan (repeatable): all, gdn, fused-moe, mxfp4-moe, moe-lora, moe-wna16, shared-expert-gate, deepgemm, flashinfer, engine-layers."),
+                     help="Kernel families to plan (repeatable): all, gdn, fused-moe, mxfp4-moe, moe-lora, moe-wna16, shared-expert-gate, deepgemm, flashinfer, engine-layers, vllm-runtime."),
         click.option("--num-sms", type=click.IntRange(1), help="Plan for a reduced SM count."),
         click.option("--mamba-ssm-cache-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
                      help="vLLM --mamba-ssm-cache-dtype."),

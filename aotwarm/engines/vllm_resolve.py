@@ -314,6 +314,11 @@ def decide(model_dir: str, argv: list[str], target: Any, checkpoint: dict | None
         "speculative_method": getattr(spec, "method", None) if spec else None,
         "num_speculative_tokens": vc.num_speculative_tokens if spec else 0,
         "use_v2_model_runner": bool(getattr(vc, "use_v2_model_runner", False)),
+        "is_hybrid": bool(mc.is_hybrid),
+        "runner_type": mc.runner_type,
+        "enable_prompt_embeds": bool(mc.enable_prompt_embeds),
+        "kv_transfer": vc.kv_transfer_config is not None,
+        "structured_outputs_backend": vc.structured_outputs_config.backend,
         "lora": _lora(vc.lora_config),
     }
     return {"argv": argv, "resolved": resolved, "gdn": gdn, "layer_methods": methods, "moe": moe,

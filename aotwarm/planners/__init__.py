@@ -8,14 +8,14 @@ from ..model import ModelSource, ModelSpec
 from ..plan import FamilyCoverage, Plan, ServingArgs, WorkItem
 from ..targets import ResolvedTarget
 from . import (deepgemm, engine_layers, flashinfer, fused_moe, gdn, gdn_vllm, moe_lora, moe_wna16, mxfp4_moe,
-               shared_expert_gate)
+               shared_expert_gate, vllm_runtime)
 
 # (family, engine) -> planner module with plan_family() and audit_items()
 PLANNERS = {("gdn", "fla"): gdn, ("gdn", "vllm"): gdn_vllm, ("moe-wna16", "vllm"): moe_wna16,
             ("shared-expert-gate", "vllm"): shared_expert_gate, ("deepgemm", "vllm"): deepgemm,
             ("fused-moe", "vllm"): fused_moe, ("engine-layers", "vllm"): engine_layers,
             ("flashinfer", "vllm"): flashinfer, ("mxfp4-moe", "vllm"): mxfp4_moe,
-            ("moe-lora", "vllm"): moe_lora}
+            ("moe-lora", "vllm"): moe_lora, ("vllm-runtime", "vllm"): vllm_runtime}
 FAMILIES = sorted({family for family, _ in PLANNERS})
 
 
