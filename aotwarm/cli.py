@@ -306,8 +306,12 @@ def build(model, plan_file, output, keep_going, work_dir, item_timeout, launcher
     else:
         console().print(build_table(summary, str(result.bundle) if result.bundle else None))
         for fam in (result.manifest or {}).get("coverage", []):
+            details = [line for line in fam["uncovered"] if line.startswith("  ")]  # per-file lines under a heading
             for line in fam["uncovered"]:
-                console().print(f"[yellow]not covered[/] ({fam['family']}): {line}")
+                if not line.startswith("  ") or not result.bundle:
+                    console().print(f"[yellow]not covered[/] ({fam['family']}): {line}")
+            if details and result.bundle:
+                console().print(f"  ({len(details)} per-file lines: aotwarm inspect {result.bundle})")
         if result.manifest:
             counts = result.manifest["autotune"]["counts"]
             console().print(f"autotune results: {counts['measured']} measured, {counts['reused']} reused, "
