@@ -30,7 +30,7 @@ def verdict_ids(fam) -> tuple[set[str], set[str]]:
     for line in fam.uncovered:
         if line.startswith("  "):
             path, _, names = line.strip().partition(": ")
-            path = path.split(" (first request", 1)[0]
+            path = path.split(" (used by ", 1)[0]
             may |= {f"{path}:{n}" for n in names.split(" (+", 1)[0].split(", ") if n != "no launched kernel"}
     cannot = {c.removesuffix(" (helper)") for k in fam.kernels for c in k.classes}
     return may, cannot
@@ -82,7 +82,7 @@ def test_qwen35_defaults_v2_runner_hybrid_no_spec():
     assert "v1/worker/gpu/input_batch.py:_prepare_prefill_inputs_kernel" in may
     assert "v1/worker/mamba_utils.py:postprocess_mamba_fused_kernel" in may  # hybrid: prefix-caching align mode
     for feature in ("logprobs", "prompt_logprobs", "min_p", "bad_words", "logit_bias", "penalties", "structured"):
-        assert f"first request with {feature}" in text or feature in text, feature
+        assert f"requests with {feature}" in text or feature in text, feature
     spec = [k for k in fam.kernels if "speculative decoding only" in k.covers]
     assert spec and all(i.startswith(("v1/worker/gpu/spec_decode/", "v1/spec_decode/", "v1/sample/rejection"))
                         for i in spec[0].classes)
@@ -111,7 +111,8 @@ def test_a_dense_model_states_mamba_kernels_cannot_run():
 def test_v1_runner_rules_out_the_v2_tree_and_unknown_files_are_unclassified():
     v2 = TritonKernel("v1/worker/gpu/sample/min_p.py", "_min_p_kernel", 1)
     assert vllm_runtime.verdict(v2, {"use_v2_model_runner": False})[0] is False
-    assert vllm_runtime.verdict(v2, {"use_v2_model_runner": True}) == (True, "Model Runner V2 sampler")
+    assert vllm_runtime.verdict(v2, {"use_v2_model_runner": True, "enable_jit_warmup": True}) == (
+        True, vllm_runtime.V2_SAMPLER_WARMUP)
     rocm = TritonKernel("v1/attention/ops/rocm_aiter_mla_sparse.py", "k", 1)
     assert vllm_runtime.verdict(rocm, {"use_v2_model_runner": True})[0] is False
     assert "unclassified" in vllm_runtime.verdict(TritonKernel("v1/new_area/x.py", "k", 1), {})[1]

@@ -319,6 +319,7 @@ def decide(model_dir: str, argv: list[str], target: Any, checkpoint: dict | None
         "enable_prompt_embeds": bool(mc.enable_prompt_embeds),
         "kv_transfer": vc.kv_transfer_config is not None,
         "structured_outputs_backend": vc.structured_outputs_config.backend,
+        "enable_jit_warmup": bool(vc.kernel_config.enable_jit_warmup),
         "lora": _lora(vc.lora_config),
     }
     return {"argv": argv, "resolved": resolved, "gdn": gdn, "layer_methods": methods, "moe": moe,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,18 @@ def v1_kernels(root: Path | None = None) -> list[TritonKernel]:
     root = root or vllm_root()
     if root is None:
         return []
+    return list(_scan(root.resolve(), _tree_stamp(root)))
+
+
+def _tree_stamp(root: Path) -> tuple:
+    """What the scan of ``root/v1`` depends on: its files' paths, sizes and modification times."""
+    return tuple((str(f), st.st_size, st.st_mtime_ns) for f in sorted((root / "v1").rglob("*.py"))
+                 for st in (f.stat(),))
+
+
+@functools.lru_cache(maxsize=4)
+def _scan(root: Path, stamp: tuple) -> tuple[TritonKernel, ...]:
+    """The scan itself, once per tree state (a plan made twice in one process reads the tree once)."""
     found: list[TritonKernel] = []
     called: set[str | None] = set()
     for file in sorted((root / "v1").rglob("*.py")):
@@ -72,4 +85,4 @@ def v1_kernels(root: Path | None = None) -> list[TritonKernel]:
             kernels, calls = kernels_in(text, file.relative_to(root).as_posix())
             found.extend(kernels)
             called |= calls
-    return [dataclasses.replace(k, helper=k.name in called) for k in found]
+    return tuple(dataclasses.replace(k, helper=k.name in called) for k in found)

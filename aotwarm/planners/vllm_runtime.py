@@ -29,7 +29,8 @@ from ..targets import Target
 
 FAMILY = "vllm-runtime"
 
-# request features of Model Runner V2's sampler files: the first request using one compiles its kernels
+# request features of Model Runner V2's sampler files (vLLM's JIT warm-up uses them all once; with it off, the first
+# request using one compiles its kernels)
 V2_SAMPLE_FEATURES = {
     "penalties.py": "repetition / frequency / presence penalties",
     "min_p.py": "min_p",
@@ -42,6 +43,10 @@ V2_SAMPLE_FEATURES = {
     "gumbel.py": "sampling (temperature, seeds; every sampled request)",
     "trace_replay.py": "sampler trace replay",
 }
+
+V2_SAMPLER_WARMUP = ("Model Runner V2 sampler (vLLM's JIT warm-up compiles these at start-up on every node, one "
+                     "batch of requests using every sampling feature; other batch shapes and feature values "
+                     "compile on first use)")
 
 Verdict = tuple[bool, str]  # (may run, area or condition)
 
@@ -95,7 +100,8 @@ AREAS: tuple[Area, ...] = (
     Area(("v1/worker/gpu/model_states/prompt_embeds.py",), "V2 prompt embeds",
          _v2("", _flag("enable_prompt_embeds", "Model Runner V2 prompt embeddings",
                        "prompt-embeds requests only; --enable-prompt-embeds is off"))),
-    Area(("v1/worker/gpu/sample/",), "V2 sampler", _v2("Model Runner V2 sampler")),
+    Area(("v1/worker/gpu/sample/",), "V2 sampler", _v2("", lambda r: (True, V2_SAMPLER_WARMUP if r.get(
+        "enable_jit_warmup") else "Model Runner V2 sampler (JIT warm-up off: each feature compiles on first use)"))),
     Area(("v1/worker/gpu/",), "V2 runner",
          _v2("Model Runner V2 input preparation, block tables, buffers, structured-output masks")),
     Area(("v1/worker/mamba_utils.py",), "mamba state",
@@ -153,7 +159,7 @@ def statement(kernels: list[TritonKernel], resolved: dict) -> Statement:
         runs, why = verdict(kernel, resolved)
         if runs:
             feature = _feature(kernel)
-            where = kernel.path + (f" (first request with {feature})" if feature else "")
+            where = kernel.path + (f" (used by requests with {feature})" if feature else "")
             may.setdefault(why, {}).setdefault(where, []).append(kernel)
         else:
             cannot.setdefault(why, []).append(kernel.id + (" (helper)" if kernel.helper else ""))
