@@ -155,8 +155,10 @@ class Statement:
 def statement(kernels: list[TritonKernel], resolved: dict) -> Statement:
     may: dict[str, dict[str, list[TritonKernel]]] = {}  # why -> file (+ feature) -> kernels
     cannot: dict[str, list[str]] = {}
+    may_run_kernels = 0
     for kernel in kernels:
         runs, why = verdict(kernel, resolved)
+        may_run_kernels += runs and not kernel.helper
         if runs:
             feature = _feature(kernel)
             where = kernel.path + (f" (used by requests with {feature})" if feature else "")
@@ -173,8 +175,8 @@ def statement(kernels: list[TritonKernel], resolved: dict) -> Statement:
             lines.append(f"  {where}: {', '.join(names) or 'no launched kernel'}"
                          + (f" (+{helpers} device helpers)" if helpers else ""))
     groups = [KernelCoverage(f"{len(ids)} functions", f"cannot run: {why}", ids) for why, ids in sorted(cannot.items())]
-    return Statement(lines, groups, sum(not k.helper for k in kernels), sum(k.helper for k in kernels),
-                     sum(not k.helper and verdict(k, resolved)[0] for k in kernels))
+    helpers = sum(k.helper for k in kernels)
+    return Statement(lines, groups, len(kernels) - helpers, helpers, may_run_kernels)
 
 
 def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: EngineInfo
