@@ -72,6 +72,11 @@ def serving_options(fn):
         click.option("--family", "families", multiple=True, default=("all",), show_default=True,
                      help="Kernel families to plan (repeatable): all, gdn, fused-moe, mxfp4-moe, moe-lora, moe-wna16, shared-expert-gate, deepgemm, flashinfer, engine-layers, vllm-runtime."),
         click.option("--num-sms", type=click.IntRange(1), help="Plan for a reduced SM count."),
+        click.option("--request-features", default="all", show_default=True,
+                     help="vllm-runtime: the per-request sampling features whose kernels are planned (comma-separated: "
+                          "temperature, top_k, top_p, seed, min_p, penalties, logit_bias, min_tokens, "
+                          "allowed_token_ids, logprobs, prompt_logprobs, bad_words, structured_output; or none). "
+                          "A request using another feature compiles its kernels on first use (said by inspect)."),
         click.option("--mamba-ssm-cache-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
                      help="vLLM --mamba-ssm-cache-dtype."),
         click.option("--mamba-cache-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),

@@ -39,6 +39,8 @@ class ServingArgs:
     moe_backend: str = "auto"
     deep_gemm_e8m0: bool = True  # vLLM's VLLM_USE_DEEP_GEMM_E8M0 (UE8M0 scales): the build runs DeepGEMM with it
     vllm_args: tuple[str, ...] = ()  # the vllm serve arguments the plan was resolved for
+    # request features the vllm-runtime family covers (engines.vllm_runner.REQUEST_FEATURES; None: all of them)
+    request_features: tuple[str, ...] | None = None
     vllm: dict = field(default_factory=dict)  # vLLM's own decisions for them (engines.vllm_resolve)
 
     def to_dict(self) -> dict:
@@ -51,7 +53,9 @@ class ServingArgs:
     def from_dict(cls, d: dict) -> "ServingArgs":
         d = dict(d)
         d.pop("cuda_runtime_major", None)  # plans of aotwarm < 0.2 (vLLM decides it now)
-        return cls(**{**d, "families": tuple(d.get("families", ())), "vllm_args": tuple(d.get("vllm_args", ()))})
+        features = d.get("request_features")
+        return cls(**{**d, "families": tuple(d.get("families", ())), "vllm_args": tuple(d.get("vllm_args", ())),
+                      "request_features": tuple(features) if features is not None else None})
 
 
 @dataclass

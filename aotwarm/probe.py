@@ -69,7 +69,20 @@ def probe_plan(plan: Plan, jobs: int = 2, on_result=None) -> Plan:
         item.jit_keys = len(res["jit_keys"])
         all_keys.update(res["jit_keys"])
     plan.probe = {"jit_keys": sorted(all_keys), "autotune_keys": len(autotune_keys)}
+    _restate(plan)
     return plan
+
+
+def _restate(plan: Plan) -> None:
+    """Families whose statement depends on what their items reached restate themselves (``after_probe``)."""
+    from .plan import ServingArgs
+
+    serving = ServingArgs.from_dict(plan.serving)
+    for coverage in plan.families:
+        planner = planner_for(coverage.family, serving.engine)
+        hook = getattr(planner, "after_probe", None)
+        if hook is not None:
+            hook(coverage, [i for i in plan.items if i.family == coverage.family], serving)
 
 
 def audit_plan(plan: Plan, samples: int, seed: int = 0, jobs: int = 2) -> AuditReport:

@@ -67,7 +67,22 @@ def for_vllm(decisions: dict, families: tuple[str, ...], opts: dict) -> ServingA
         max_cudagraph_capture_size=r["max_cudagraph_capture_size"], enforce_eager=r["enforce_eager"],
         gdn_prefill_backend=gdn.get("prefill_backend", "auto"), ep=ep,
         moe_backend=opts.get("moe_backend") or "auto", deep_gemm_e8m0=opts.get("deep_gemm_e8m0", True),
-        vllm_args=tuple(decisions["argv"]), vllm=decisions)
+        vllm_args=tuple(decisions["argv"]), vllm=decisions, request_features=request_features(opts))
+
+
+def request_features(opts: dict) -> tuple[str, ...] | None:
+    """``--request-features``: comma-separated names (``all``, the default; ``none``) -> the covered set."""
+    from .engines.vllm_runner import REQUEST_FEATURES
+
+    text = (opts.get("request_features") or "all").strip()
+    if text == "all":
+        return None
+    names = tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
+    unknown = [n for n in names if n not in REQUEST_FEATURES]
+    if unknown:
+        raise BadInput(f"unknown request feature(s) {', '.join(unknown)} in --request-features: use all, none or "
+                       f"a comma-separated list of {', '.join(REQUEST_FEATURES)}")
+    return tuple(f for f in REQUEST_FEATURES if f in names)
 
 
 def for_fla(families: tuple[str, ...], opts: dict, extra: tuple[str, ...]) -> ServingArgs:

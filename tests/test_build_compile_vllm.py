@@ -63,3 +63,41 @@ def test_vllm_gdn_kernels_compile_gpu_less(tmp_path, gpu, arch, expected):
     assert manifest["engine_runtime"]["vllm_platform"] == ["vllm"]
     resolved = manifest["plan"]["serving"]["vllm"]["resolved"]
     assert resolved["max_num_seqs"] == 64 and resolved["max_num_batched_tokens"] == 2048
+
+
+def test_vllm_runtime_kernels_compile_gpu_less_from_vllms_own_runner(tmp_path):
+    """vllm-runtime: vLLM's V2 runner started GPU-less for sm90 and serving the plan's workloads through vLLM's
+    scheduler; every key it reached compiles, and the statement keeps only what it did not reach."""
+    from aotwarm.engines.vllm_triton_inventory import v1_kernels
+    from aotwarm.planners import vllm_runtime
+
+    out = tmp_path / "runtime.tar.zst"
+    proc = run_cli("build", str(QWEN35_9B), "--gpu", "sm90", "--engine", "vllm", "--family", "vllm-runtime",
+                   "--no-launchers", "-j", "2", "-o", str(out), "--json", *VLLM_ARGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)["summary"]
+    assert summary["failed_items"] == 0 and summary["cache_entries"] == summary["planned_jit_keys"] >= 40
+    manifest = read_bundle(out)
+    plan = manifest["plan"]
+    keys = plan["probe"]["jit_keys"]
+    reached = {k.split("|", 1)[0] for k in keys}
+    # the runner's input preparation, the sampler with every feature, the hybrid model's mamba state
+    assert {"_prepare_pos_seq_lens_kernel", "_gather_block_tables_kernel", "_compute_slot_mappings_kernel",
+            "_penalties_kernel", "_min_p_kernel", "_bias_kernel", "_bad_words_kernel", "_topk_log_softmax_kernel",
+            "_apply_grammar_bitmask_kernel", "_topk_topp_kernel", "_topp_sb_stats_kernel",
+            "precopy_mamba_align_fused_kernel", "_zero_kv_blocks_kernel"} <= reached
+    # vLLM's top-k/top-p module took its GPU branch (8192-wide tiles, 8 warps), not the CPU one (256, 4 warps)
+    topk = [k for k in keys if k.startswith("_topk_topp_kernel|")]
+    assert topk and all("('constexpr', 8192)" in k and "'num_warps': 8" in k for k in topk)
+    # what the runner reached is what the static verdicts call "may run" (two methods agree)
+    resolved = plan["serving"]["vllm"]["resolved"]
+    by_name: dict[str, list] = {}
+    for k in v1_kernels():
+        by_name.setdefault(k.name, []).append(k)
+    for name in reached:
+        assert any(vllm_runtime.verdict(k, resolved)[0] for k in by_name[name]), name
+    fam = next(c for c in manifest["coverage"] if c["family"] == "vllm-runtime")
+    assert fam["status"] == "planned" and "reached (probed)" in fam["summary"]
+    listed = "\n".join(fam["uncovered"])
+    assert "_penalties_kernel" not in listed and "_topk_topp_kernel" not in listed
+    assert "batch_shard.py" in listed  # not reached: batch-sharded sampling is off

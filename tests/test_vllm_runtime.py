@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from aotwarm.engines.vllm_runner import REQUEST_FEATURES
 from aotwarm.engines.vllm_triton_inventory import TritonKernel, kernels_in, v1_kernels, vllm_root
 from aotwarm.planners import vllm_runtime
 from aotwarm.plan import ServingArgs
@@ -68,7 +69,7 @@ def test_every_v1_kernel_has_one_verdict(path, argv):
     every = {k.id for k in v1_kernels()}
     assert not may & cannot and launched <= may | cannot <= every
     assert not [ln for ln in fam.uncovered if "unclassified" in ln]
-    assert fam.status == "not-covered" and "may run for this config" in fam.summary
+    assert fam.status in ("planned", "not-covered") and "may run for this config" in fam.summary
 
 
 @requires_vllm_stack
@@ -116,6 +117,58 @@ def test_v1_runner_rules_out_the_v2_tree_and_unknown_files_are_unclassified():
     rocm = TritonKernel("v1/attention/ops/rocm_aiter_mla_sparse.py", "k", 1)
     assert vllm_runtime.verdict(rocm, {"use_v2_model_runner": True})[0] is False
     assert "unclassified" in vllm_runtime.verdict(TritonKernel("v1/new_area/x.py", "k", 1), {})[1]
+
+
+@requires_vllm_stack
+def test_qwen35_items_start_vllms_runner_and_serve_workloads_with_the_requested_features():
+    plan = vllm_plan(CONFIGS / "Qwen--Qwen3.5-9B.json", families=("vllm-runtime",))
+    items = {i.id.split(":", 1)[1]: i for i in plan.items}
+    assert set(items) == {"start-up", "ramp-0", "ramp-1", "matrix", "full-batch"}
+    matrix = items["matrix"].params["workload"]  # one pattern per batch: groups three steps apart
+    assert {r["arrive"] % 3 for r in matrix} == {0} and {r["max_tokens"] for r in matrix} == {2}
+    assert all(i.op == vllm_runtime.OP and json.loads(i.params["config_json"]) for i in items.values())
+    assert items["start-up"].params["workload"] == []
+    used = {f for i in items.values() for r in i.params["workload"] for f in r["features"]}
+    assert used == set(REQUEST_FEATURES)
+    ramp = items["ramp-0"].params["workload"]
+    assert [r["arrive"] for r in ramp] == list(range(vllm_runtime.RAMP_REQUESTS))
+    resolved = ServingArgs.from_dict(plan.serving).vllm["resolved"]
+    assert len(items["full-batch"].params["workload"]) == resolved["max_num_seqs"] >= 256  # vLLM decides it
+    assert family(plan).status == "planned"
+
+
+@requires_vllm_stack
+def test_request_features_narrow_the_workloads_and_the_rest_is_said():
+    from aotwarm import serving as serving_mod
+    from aotwarm.errors import BadInput
+    from aotwarm.model import load_model
+    from aotwarm.planners import make_plan
+    from aotwarm.engines import detect_engine
+    from aotwarm.targets import resolve_target
+    from tests.vllm_plans import decisions
+
+    path = CONFIGS / "Qwen--Qwen3.5-9B.json"
+    d = decisions(str(path), "h200", ())
+    serving = serving_mod.for_vllm(d, ("vllm-runtime",), {"request_features": "logprobs,min_p"})
+    assert serving.request_features == ("min_p", "logprobs")
+    spec, src = load_model(str(path))
+    plan = make_plan(spec, src, resolve_target("h200"), serving, detect_engine("vllm"))
+    used = {f for i in plan.items for r in i.params["workload"] for f in r["features"]}
+    assert used == {"min_p", "logprobs"}
+    text = "\n".join(family(plan).uncovered)
+    assert "requests with penalties (not in --request-features) compile on first use: " \
+           "v1/worker/gpu/sample/penalties.py" in text
+    assert serving_mod.request_features({"request_features": "none"}) == ()
+    with pytest.raises(BadInput, match="unknown request feature.*beam"):
+        serving_mod.request_features({"request_features": "logprobs,beam"})
+
+
+@requires_vllm_stack
+def test_with_mtp_the_runner_is_not_started_and_that_is_said():
+    plan = vllm_plan(CONFIGS / "Qwen--Qwen3.5-9B.json", *MTP2, families=("vllm-runtime",))
+    fam = family(plan)
+    assert not plan.items and fam.status == "not-covered"
+    assert "not planned (speculative decoding (mtp)" in fam.summary
 
 
 def test_without_vllms_resolution_the_family_says_so():

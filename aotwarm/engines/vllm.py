@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput
-from . import EngineInfo, package_location, package_source_sha256, torch_dtype, vllm_moe
+from . import EngineInfo, package_location, package_source_sha256, torch_dtype, vllm_moe, vllm_runner
 from .vllm_platform import setup_worker_device as _setup
 
 SUPPORTED = ("0.33.",)
@@ -462,4 +462,5 @@ OPS = {
     "wna16_moe_gemm": wna16_moe_gemm,
     "shared_expert_gate": shared_expert_gate,
     "fused_moe_experts": vllm_moe.fused_moe_experts,  # vLLM's modular MoE kernel of one layer kind
+    "runner_workload": vllm_runner.runner_workload,  # vLLM's V2 runner, started and serving a workload
 }

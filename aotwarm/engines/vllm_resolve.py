@@ -549,7 +549,7 @@ def resolve_for_source(source: Any, argv: list[str], target: Any, gpus: int = 8,
     cached = user_cache_dir() / "vllm-resolve" / f"{key}.json"
     if cached.is_file():
         try:
-            return json.loads(cached.read_text())
+            return {**json.loads(cached.read_text()), "config_json": text}
         except (OSError, json.JSONDecodeError):
             pass
     with tempfile.TemporaryDirectory(prefix="aotwarm-model-") as tmp:
@@ -557,6 +557,7 @@ def resolve_for_source(source: Any, argv: list[str], target: Any, gpus: int = 8,
         (Path(tmp) / "config.json").write_text(text)
         answer = resolve(tmp, argv, target.to_dict(), gpus, checkpoint=checkpoint)
     answer["vllm_env"] = _vllm_env()
+    answer["config_json"] = text  # the exact config vLLM resolved: build workers start vLLM's runner from it
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cached, json.dumps(answer, sort_keys=True))

@@ -18,16 +18,19 @@ A file of the tree no rule here knows is listed as unclassified (may run) and th
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..engines import EngineInfo
+from ..engines.vllm_runner import REQUEST_FEATURES, RequestShape, shape_dicts
 from ..engines.vllm_triton_inventory import TritonKernel, v1_kernels
 from ..model import ModelSpec
 from ..plan import FamilyCoverage, KernelCoverage, ServingArgs, WorkItem
 from ..targets import Target
 
 FAMILY = "vllm-runtime"
+OP = "vllm.runner_workload"
 
 # request features of Model Runner V2's sampler files (vLLM's JIT warm-up uses them all once; with it off, the first
 # request using one compiles its kernels)
@@ -179,21 +182,215 @@ def statement(kernels: list[TritonKernel], resolved: dict) -> Statement:
     return Statement(lines, groups, len(kernels) - helpers, helpers, may_run_kernels)
 
 
+# request feature -> the files whose kernels it reaches first (the gumbel sampler runs for every sampled request)
+FEATURE_FILES = {
+    "temperature": ("v1/worker/gpu/sample/gumbel.py",),
+    "top_k": ("v1/sample/ops/topk_topp_triton.py",),
+    "top_p": ("v1/sample/ops/topk_topp_triton.py",),
+    "seed": ("v1/worker/gpu/sample/gumbel.py",),
+    "min_p": ("v1/worker/gpu/sample/min_p.py",),
+    "penalties": ("v1/worker/gpu/sample/penalties.py",),
+    "logit_bias": ("v1/worker/gpu/sample/logit_bias.py",),
+    "min_tokens": ("v1/worker/gpu/sample/logit_bias.py",),
+    "allowed_token_ids": ("v1/worker/gpu/sample/logit_bias.py",),
+    "logprobs": ("v1/worker/gpu/sample/logprob.py",),
+    "prompt_logprobs": ("v1/worker/gpu/sample/prompt_logprob.py", "v1/worker/gpu/sample/logprob.py"),
+    "bad_words": ("v1/worker/gpu/sample/bad_words.py",),
+    "structured_output": ("v1/worker/gpu/structured_outputs.py",),
+}
+RAMP_REQUESTS = 48  # requests of a ramp workload: batches of every size 1..48 (Triton's integer classes: 1, 16k, other)
+
+
+def _runner_blocker(resolved: dict) -> str | None:
+    """Why vLLM's runner cannot be started by ``engines.vllm_runner`` for this config, or None."""
+    if not resolved.get("use_v2_model_runner"):
+        return "vLLM runs its V1 model runner for this config (use_v2_model_runner=False); the runner harness drives V2"
+    if resolved.get("runner_type") != "generate":
+        return f"runner type {resolved.get('runner_type')!r}: the runner harness serves generation requests"
+    if resolved.get("speculative_method"):
+        return (f"speculative decoding ({resolved['speculative_method']}): the runner harness cannot start vLLM's "
+                f"drafter without its weights")
+    if resolved.get("kv_transfer"):
+        return "a KV-transfer / offloading config: the runner harness has no KV connector"
+    return None
+
+
+def _ramp(rng: random.Random, features: tuple[str, ...], seed: int, prompt_max: int) -> list[RequestShape]:
+    """One request arrives per step and lives a random number of steps: batch sizes rise and fall through
+    1..RAMP_REQUESTS, prefills (chunked at the token budget) next to decodes.  Feature sets cycle through: every
+    covered feature, none, each one alone, then random halves."""
+    sets: list[tuple[str, ...]] = [features, ()] + [(f,) for f in features]
+    shapes = []
+    for i in range(RAMP_REQUESTS):
+        chosen = sets[i] if i < len(sets) else tuple(f for f in features if rng.random() < 0.5)
+        shapes.append(RequestShape(arrive=i, prompt_len=rng.randint(1, prompt_max), max_tokens=rng.randint(1, 40),
+                                   features=chosen, seed=seed * 1000 + i))
+    return shapes
+
+
+def _full_batch(rng: random.Random, features: tuple[str, ...], seed: int, max_num_seqs: int) -> list[RequestShape]:
+    """``max_num_seqs`` short requests at once: the largest decode batches, the token budget in prefill."""
+    return [RequestShape(arrive=0, prompt_len=rng.randint(1, 64), max_tokens=rng.randint(2, 8),
+                         features=tuple(f for f in features if rng.random() < 0.5), seed=seed * 1000 + i)
+            for i in range(max_num_seqs)]
+
+
+MATRIX_SIZES = (1, 2, 3, 16, 17, 32, 64)  # batch sizes of the matrix groups: Triton's 1 / 16k / other classes
+WIDE_SIZES = (65, 128)  # top-k/top-p groups also past the split top-p pipeline's 64-row limit
+
+
+def _matrix(rng: random.Random, features: tuple[str, ...], seed: int) -> list[RequestShape]:
+    """Groups of same-featured requests arriving together (short prompts, two tokens each), one group every three
+    steps, so that each batch holds one pattern: every feature alone, all, none, and for top-k / top-p the patterns
+    that reach vLLM's Triton top-k/top-p kernels rather than FlashInfer's fused sampler (a greedy or seeded row in
+    the batch), top-k rows beside top-p-only rows -- at every size of ``MATRIX_SIZES`` (and ``WIDE_SIZES`` for
+    top-k/top-p).  Batch-level choices (a feature's kernel launched or not, its constexpr flags) meet every
+    batch-size class."""
+    patterns: list[tuple[list[tuple[str, ...]], tuple[int, ...]]] = [([(f,)], MATRIX_SIZES) for f in features]
+    patterns += [([features], MATRIX_SIZES), ([()], MATRIX_SIZES)]
+    sampling = [f for f in ("top_k", "top_p") if f in features]
+    if sampling:
+        wide = MATRIX_SIZES + WIDE_SIZES
+        both = tuple(sampling)
+        patterns += [([(f,), ()], wide) for f in sampling] + [([both, ()], wide)]
+        if len(sampling) == 2:
+            patterns += [([("top_k",), ("top_p",), ()], wide), ([("top_k",), ("top_p",)], wide)]
+        if "seed" in features:
+            patterns += [([(f, "seed")], wide) for f in sampling] + [([both + ("seed",)], wide)]
+    sampled = ("temperature",) if "temperature" in features else ()
+
+    def with_sampling(fs: tuple[str, ...]) -> tuple[str, ...]:  # top-k/top-p/seed/min_p act on sampled requests
+        return tuple(sorted(set(fs) | set(sampled))) if set(fs) & {"top_k", "top_p", "seed", "min_p"} else fs
+
+    shapes: list[RequestShape] = []
+    group = 0
+    for per_request, sizes in patterns:
+        for n in sizes:
+            shapes += [RequestShape(arrive=3 * group, prompt_len=rng.randint(1, 32), max_tokens=2,
+                                    features=with_sampling(per_request[j % len(per_request)]),
+                                    seed=seed * 100000 + len(shapes)) for j in range(n)]
+            group += 1
+    return shapes
+
+
+def workloads(resolved: dict, features: tuple[str, ...]) -> list[tuple[str, list[RequestShape], str]]:
+    """(name, workload, reason) of the family's items: vLLM's start-up, two ramps, the feature matrix, a full
+    batch."""
+    rng = random.Random(0)
+    prompt_max = min(int(resolved["max_model_len"]) - 64, 4 * int(resolved["max_num_batched_tokens"]))
+    return [
+        ("start-up", [], "vLLM's start-up: the profiling pass (dummy forward + sampler) and its JIT warm-up"),
+        ("ramp-0", _ramp(rng, features, 1, prompt_max),
+         f"vLLM's scheduler serving {RAMP_REQUESTS} requests arriving one per step (batch sizes 1..{RAMP_REQUESTS}, "
+         f"chunked prefills beside decodes; feature sets: all, none, each alone, random)"),
+        ("ramp-1", _ramp(rng, features, 2, prompt_max), "the same with other lengths and feature draws"),
+        ("matrix", _matrix(rng, features, 4),
+         f"each feature alone, all, none, and top-k/top-p beside greedy / seeded / top-p-only rows: one pattern per "
+         f"batch, at batch sizes {', '.join(map(str, MATRIX_SIZES))} (top-k/top-p also "
+         f"{', '.join(map(str, WIDE_SIZES))})"),
+        ("full-batch", _full_batch(rng, features, 3, int(resolved["max_num_seqs"])),
+         f"{resolved['max_num_seqs']} (max_num_seqs) short requests at once: the largest batches"),
+    ]
+
+
 def plan_family(spec: ModelSpec, target: Target, serving: ServingArgs, engine: EngineInfo
                 ) -> tuple[FamilyCoverage, list[WorkItem]]:
     resolved = (serving.vllm or {}).get("resolved")
     if resolved is None or "use_v2_model_runner" not in resolved:
         why = "vLLM's runtime kernels are stated from vLLM's resolved config: plan with vLLM 0.33 installed"
         return FamilyCoverage(FAMILY, "not-covered", why, uncovered=[why]), []
+    features = serving.request_features if serving.request_features is not None else REQUEST_FEATURES
+    blocker = _runner_blocker(resolved)
+    config_json = (serving.vllm or {}).get("config_json")
+    if blocker is None and not config_json:
+        blocker = "the resolution did not record the model's config (re-plan with this aotwarm)"
+    items = [] if blocker else [
+        WorkItem(f"{FAMILY}:{name}", FAMILY, OP, {"config_json": config_json, "vllm_args": list(serving.vllm_args),
+                                                  "workload": shape_dicts(shapes)}, reason)
+        for name, shapes, reason in workloads(resolved, features)]
     st = statement(v1_kernels(), resolved)
+    coverage = FamilyCoverage(FAMILY, "planned" if items else "not-covered", "", st.cannot_run, uncovered=[])
+    _describe(coverage, st, resolved, features, blocker, planned=None)
+    return coverage, items
+
+
+def _describe(coverage: FamilyCoverage, st: Statement, resolved: dict, features: tuple[str, ...],
+              blocker: str | None, planned: set[str] | None) -> None:
+    """Summary and uncovered lines; ``planned``: kernel ids the probe found the items reach (None: not probed)."""
     runner = "V2" if resolved["use_v2_model_runner"] else "V1"
-    summary = (f"vLLM's v1 tree has {st.kernels} Triton kernels (+{st.helpers} device helpers); runner {runner}: "
-               f"{st.may_run_kernels} may run for this config, not planned by this aotwarm -- each compiles on the "
-               f"node at warm-up or on the first request using its feature (listed); the others cannot run here "
-               f"(conditions listed)")
-    return FamilyCoverage(FAMILY, "not-covered" if st.may_run_kernels else "not-applicable", summary, st.cannot_run,
-                          uncovered=st.may_run), []
+    head = f"vLLM's v1 tree has {st.kernels} Triton kernels (+{st.helpers} device helpers); runner {runner}: " \
+           f"{st.may_run_kernels} may run for this config"
+    if blocker:
+        coverage.summary = (f"{head}; not planned ({blocker}) -- each compiles on the node at warm-up or on the first "
+                            f"request using its feature (listed); the others cannot run here (conditions listed)")
+        coverage.uncovered = list(st.may_run)
+        return
+    reached = "reached (probed)" if planned is not None else "reached when probed"
+    left = [f for f in REQUEST_FEATURES if f not in features]
+    coverage.summary = (f"{head}; vLLM's own V2 runner, started as a serving process starts it and serving "
+                        f"workloads through vLLM's scheduler, plans the keys of the kernels it {reached}: "
+                        f"{len(planned) if planned is not None else '?'}; request features covered: "
+                        f"{', '.join(features) or 'none'}"
+                        + (f"; not covered: {', '.join(left)}" if left else "")
+                        + "; the kernels not reached are listed (may run, compile on the node)")
+    lines = st.may_run if planned is None else _unreached(st, planned)
+    coverage.uncovered = [*(f"requests with {f} (not in --request-features) compile on first use: "
+                            f"{', '.join(FEATURE_FILES[f])}" for f in left), *lines]
+
+
+def _unreached(st: Statement, planned: set[str]) -> list[str]:
+    """The statement's may-run lines without the kernels the items reached: each area heading says how many of its
+    kernels are left, each file line keeps what is left; areas with nothing left are dropped."""
+    out: list[str] = []
+    heading, files, left_count = "", [], 0
+
+    def flush() -> None:
+        if files:
+            why, _, total = heading.rpartition(": ")
+            out.append(f"{why}: {left_count} of {total.split(' kernels')[0]} kernels not reached, in {len(files)} "
+                       f"files")
+            out.extend(files)
+
+    for line in st.may_run:
+        if not line.startswith("  "):
+            flush()
+            heading, files, left_count = line, [], 0
+            continue
+        where, _, names = line.strip().partition(": ")
+        path = where.split(" (", 1)[0]
+        left = [n for n in names.split(" (+", 1)[0].split(", ") if f"{path}:{n}" not in planned]
+        if left and left != ["no launched kernel"]:
+            files.append(f"  {where}: {', '.join(left)}")
+            left_count += len(left)
+    flush()
+    return out
+
+
+def after_probe(coverage: FamilyCoverage, items: list[WorkItem], serving: ServingArgs) -> None:
+    """Restate the family with what the probe found the items reach."""
+    resolved = (serving.vllm or {}).get("resolved") or {}
+    if not items or not resolved:
+        return
+    ids: dict[str, list[str]] = {}
+    for k in v1_kernels():  # the probe reports names: a name two files share is the one that may run here
+        if verdict(k, resolved)[0]:
+            ids.setdefault(k.name, []).append(k.id)
+    # still ambiguous: stays listed as "may run" (overstating is safe)
+    planned = {ids[name][0] for item in items for name in item.kernels if len(ids.get(name, ())) == 1}
+    features = serving.request_features if serving.request_features is not None else REQUEST_FEATURES
+    _describe(coverage, statement(v1_kernels(), resolved), resolved, features, None, planned)
 
 
 def audit_items(items: list[WorkItem], serving: ServingArgs, rng) -> list[WorkItem]:
-    return []
+    """A random workload through the same runner: random arrivals, lengths and feature mixes."""
+    if not items:
+        return []
+    base = items[0].params
+    resolved = (serving.vllm or {}).get("resolved") or {}
+    features = serving.request_features if serving.request_features is not None else REQUEST_FEATURES
+    n = rng.randint(1, int(resolved.get("max_num_seqs", 64)))
+    prompt_max = min(int(resolved.get("max_model_len", 4096)) - 64, 4 * int(resolved.get("max_num_batched_tokens", 2048)))
+    shapes = [RequestShape(arrive=rng.randint(0, 2 * n), prompt_len=rng.randint(1, rng.choice([64, prompt_max])),
+                           max_tokens=rng.randint(1, 32), features=tuple(f for f in features if rng.random() < 0.5),
+                           seed=rng.randrange(1 << 30)) for _ in range(n)]
+    return [WorkItem(f"audit/{FAMILY}", FAMILY, OP, {**base, "workload": shape_dicts(shapes)}, "audit sample")]

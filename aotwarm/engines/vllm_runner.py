@@ -1,0 +1,488 @@
+"""vLLM's Model Runner V2 and its scheduler, run on the virtual node: the runtime kernels (input preparation,
+block tables, staged buffer writes, the sampler and its per-request features, mamba state management) as the
+serving process launches them.
+
+Nothing of the runner is re-derived.  vLLM's own objects run, in the order a serving process calls them:
+``create_engine_config`` -> the model built by vLLM's loader on ``meta`` -> ``GPUModelRunner(vllm_config,
+device)`` -> its ``load_model(model=...)`` (sampler, request state, model state as vLLM builds them) -> the start-up
+profiling pass of ``profile_run`` (a dummy forward and ``_dummy_sampler_run``) -> the engine core's KV-cache sizing
+(``EngineCore._initialize_kv_caches``) with ``Worker.initialize_from_config`` on this runner (KV caches, block
+tables, the KV-zeroing metadata where vLLM needs it) -> vLLM's JIT warm-up (``warmup_kernels``, when
+``kernel_config.enable_jit_warmup``).  Requests are then served by vLLM's own scheduler class
+(``scheduler_config.get_scheduler_cls()``, with the engine core's block hasher): ``schedule`` ->
+``execute_model`` -> ``sample_tokens`` -> ``update_from_output``, one step at a time.
+
+What does not run, and why it cannot change a runtime kernel's key:
+
+* the model's forward and logits: the forward returns hidden states of vLLM's shape and dtype; the logits and the
+  input embeddings are vLLM's own ``compute_logits`` / ``embed_input_ids`` run on ``meta`` (their exact shape,
+  strides and dtype) and materialised on the runner's device (random values on a GPU);
+* attention metadata (``model_state.prepare_attn``): the attention and GDN backends' builders, whose kernels are
+  planned (or stated) by their own families;
+* FlashInfer's fused top-k/top-p sampler: a FlashInfer module (the ``flashinfer`` family), not Triton; it answers
+  token 0 here;
+* CUDA-graph capture (it replays the model forward over dummy batches) and the vision encoder's profiling;
+* structured-output grammars: the runner receives vLLM's ``GrammarOutput`` (an all-allowed bitmask, as vLLM's
+  warm-up builds it) for the requests marked structured; no grammar is compiled.
+
+On a GPU-less builder (device ``cpu``) the virtual node also needs: host memory for vLLM's UVA buffers (the GPU
+reads them in place; here the CPU tensor is the view), KV caches on ``meta`` (the engine sizes them for the whole
+GPU), no memory-usage query, no stream switches, and zero-filled fresh tensors: the kernels do not run, so an index
+tensor a kernel would have written is all zeros (a valid index) instead of garbage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+# request features a workload can use: what vLLM's OpenAI-compatible server accepts per request, named as in its API
+REQUEST_FEATURES = ("temperature", "top_k", "top_p", "seed", "min_p", "penalties", "logit_bias", "min_tokens",
+                    "allowed_token_ids", "logprobs", "prompt_logprobs", "bad_words", "structured_output")
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    """One request of a workload: when it arrives (scheduler step), its prompt and output lengths, and the request
+    features it uses (``REQUEST_FEATURES``; the values are drawn from ``seed``)."""
+
+    arrive: int
+    prompt_len: int
+    max_tokens: int
+    features: tuple[str, ...]
+    seed: int
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RequestShape":
+        return cls(d["arrive"], d["prompt_len"], d["max_tokens"], tuple(d["features"]), d["seed"])
+
+
+def sampling_params(shape: RequestShape, vocab_size: int, max_logprobs: int) -> tuple[Any, bool]:
+    """vLLM's ``SamplingParams`` for a request shape (values in the ranges vLLM accepts), and whether the request
+    asks for structured output.  Without ``temperature`` the request is greedy."""
+    from vllm import SamplingParams
+
+    rng = random.Random(shape.seed)
+    f = set(shape.features)
+    kw: dict[str, Any] = {"max_tokens": shape.max_tokens, "ignore_eos": True,
+                          "temperature": rng.choice([0.3, 0.7, 1.0, 1.5]) if "temperature" in f else 0.0}
+    if "top_k" in f:
+        kw["top_k"] = rng.choice([1, 2, 5, 20, 50, 100, 1000])
+    if "top_p" in f:
+        kw["top_p"] = rng.choice([0.1, 0.5, 0.9, 0.95])
+    if "seed" in f:
+        kw["seed"] = rng.randrange(1 << 31)
+    if "min_p" in f:
+        kw["min_p"] = rng.choice([0.01, 0.05, 0.2])
+    if "penalties" in f:
+        kind = rng.choice(["repetition_penalty", "frequency_penalty", "presence_penalty", "all"])
+        for name in (["repetition_penalty", "frequency_penalty", "presence_penalty"] if kind == "all" else [kind]):
+            kw[name] = 1.1 if name == "repetition_penalty" else rng.choice([-0.5, 0.3, 1.0])
+    if "logit_bias" in f:
+        kw["logit_bias"] = {rng.randrange(vocab_size): rng.uniform(-10, 10) for _ in range(rng.randint(1, 20))}
+    if "min_tokens" in f:
+        kw["min_tokens"] = rng.randint(1, shape.max_tokens)
+    if "allowed_token_ids" in f:
+        kw["allowed_token_ids"] = sorted({rng.randrange(vocab_size) for _ in range(rng.randint(1, 64))})
+    if "logprobs" in f:
+        kw["logprobs"] = rng.randint(0, max_logprobs)
+    if "prompt_logprobs" in f:
+        kw["prompt_logprobs"] = rng.randint(0, max_logprobs)
+    params = SamplingParams(**kw)
+    if "bad_words" in f:  # what the server's tokenizer turns `bad_words` strings into: token-id sequences
+        params._bad_words_token_ids = [[rng.randrange(vocab_size) for _ in range(rng.randint(1, 3))]
+                                       for _ in range(rng.randint(1, 4))]
+    return params, "structured_output" in f
+
+
+class _Zeroed:
+    """Fresh integer CPU tensors zero-filled (a torch function mode): under the virtual GPU kernels are compiled, not
+    run, so what they would have written stays zero -- a valid index, a valid count."""
+
+    def __new__(cls) -> Any:
+        import torch
+        from torch.overrides import TorchFunctionMode
+
+        empties = {torch.empty, torch.empty_like, torch.empty_strided, torch.Tensor.new_empty}
+
+        class Zeroed(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if (func in empties and isinstance(out, torch.Tensor) and out.device.type == "cpu"
+                        and not out.is_floating_point()):  # index tensors; float contents index nothing
+                    out.zero_()
+                return out
+
+        return Zeroed()
+
+
+def _cheap_reductions() -> Any:
+    """A torch dispatch mode answering the sampler's big CPU reductions over logits (top-k, sort, softmax) with
+    tensors of aten's shapes and dtypes, uncomputed: on the virtual GPU their values reach no kernel key, and a
+    prompt-logprobs chunk (thousands of rows x the vocabulary) would cost seconds each."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+
+    class CheapReductions(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            x = args[0] if args else None
+            if func is aten.topk.default and x.device.type == "cpu":
+                k, dim = args[1], (args[2] if len(args) > 2 else kwargs.get("dim", -1))
+                shape = list(x.shape)
+                shape[dim] = k
+                return (torch.empty(shape, dtype=x.dtype), torch.zeros(shape, dtype=torch.int64))
+            if func in (aten.sort.default, aten.sort.stable) and x.device.type == "cpu":
+                return torch.empty_like(x), torch.zeros(x.shape, dtype=torch.int64)
+            if func in (aten._log_softmax.default, aten._softmax.default) and x.device.type == "cpu":
+                return torch.empty_like(x, dtype=torch.float32 if args[2] and x.dtype != torch.float64 else x.dtype)
+            return func(*args, **kwargs)
+
+    return CheapReductions()
+
+
+def _all_on_meta() -> Any:
+    """A torch function mode placing every placed allocation on ``meta`` (vLLM's KV-cache allocation context)."""
+    from torch.overrides import TorchFunctionMode
+
+    class AllOnMeta(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if "device" in kwargs:
+                kwargs["device"] = "meta"
+            return func(*args, **kwargs)
+
+    return AllOnMeta()
+
+
+def _virtual_node_runtime() -> None:
+    """What vLLM's runner asks of a GPU driver, answered on a GPU-less builder (see the module docstring)."""
+    import torch
+    import vllm.v1.worker.gpu.async_utils as async_utils
+    import vllm.v1.worker.gpu.buffer_utils as buffer_utils
+    from vllm.platforms import current_platform
+
+    def host_uva_buffer(self: Any, size: Any, dtype: Any) -> None:
+        self.cpu = torch.zeros(size, dtype=dtype, device="cpu")
+        self.np = self.cpu.numpy()
+        self._uva = self.cpu
+
+    buffer_utils.UvaBuffer.__init__ = host_uva_buffer
+    _topk_topp_on_the_gpu()
+    async_utils.stream = lambda *args, **kwargs: contextlib.nullcontext()
+    type(current_platform).get_current_memory_usage = classmethod(lambda cls, device=None: 0)
+
+
+def _presented_on(device: Any) -> type:
+    """A tensor subclass whose ``.device`` answers ``device`` (what vLLM's Python checks read); storage, dtype,
+    shape, strides and pointers are the tensor's own."""
+    import torch
+
+    class PresentedOn(torch.Tensor):
+        @property
+        def device(self) -> Any:  # noqa: D401
+            return device
+
+    return PresentedOn
+
+
+def _topk_topp_on_the_gpu() -> None:
+    """vLLM's Triton top-k/top-p module picks its tile sizes, warps and the split top-p pipeline from
+    ``logits.device.type`` (``cpu`` tiles are 256 wide, ``cuda`` ones 8192).  On the virtual GPU its tensor arguments
+    are presented as the GPU's (``cuda:0``), so it takes the GPU's branches; the result is handed back as a plain
+    tensor."""
+    import torch
+    import vllm.v1.sample.ops.topk_topp_sampler as sampler_ops
+
+    on_gpu = _presented_on(torch.device("cuda", 0))
+    inner = sampler_ops.apply_top_k_top_p_triton
+
+    def apply(logits: Any, k: Any, p: Any, *args: Any, **kwargs: Any) -> Any:
+        as_gpu = (lambda t: t.as_subclass(on_gpu) if isinstance(t, torch.Tensor) else t)
+        out = inner(as_gpu(logits), as_gpu(k), as_gpu(p), *args, **kwargs)
+        return out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
+
+    if getattr(inner, "__name__", "") != "apply":
+        sampler_ops.apply_top_k_top_p_triton = apply
+
+
+def _kv_zeroing_sees_the_caches(runner: Any) -> None:
+    """vLLM's KV-block zeroer skips KV caches not on the runner's device; here they are on ``meta`` (their
+    geometry and offsets are vLLM's).  While it reads them they are presented on the runner's device, so it plans
+    its segments (and its kernel's block size, from the page sizes) as on the node."""
+    import torch
+
+    inner = runner._init_kv_zero_meta
+    on_runner = _presented_on(runner.device)
+
+    def init() -> None:
+        layers = runner.compilation_config.static_forward_context
+        saved = {name: layer.kv_cache for name, layer in layers.items()
+                 if isinstance(getattr(layer, "kv_cache", None), torch.Tensor) and layer.kv_cache.device.type == "meta"}
+        for name, kv in saved.items():
+            layers[name].kv_cache = kv.as_subclass(on_runner)
+        try:
+            inner()
+        finally:
+            for name, kv in saved.items():
+                layers[name].kv_cache = kv
+
+    runner._init_kv_zero_meta = init
+
+
+class _NoEncoderBudget:
+    """The scheduler's multimodal budget for text-only requests (vLLM's reads the image processor's files)."""
+
+    encoder_compute_budget = 0
+    encoder_cache_size = 0
+    mm_max_toks_per_item: dict = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class V2Runner:
+    """vLLM's ``GPUModelRunner`` (Model Runner V2) for ``vllm serve`` of ``config_json`` with ``argv``, on ``device``
+    (``cpu``: the virtual GPU of this process; ``cuda``: a real one), started as a serving process starts it."""
+
+    def __init__(self, config_json: str, argv: list[str], device: str):
+        import torch
+
+        from .vllm_platform import setup_worker_device
+
+        setup_worker_device(device)  # first: vLLM's modules bind the current platform when imported
+        from vllm.config import set_current_vllm_config
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.core import EngineCore
+        from vllm.v1.worker.gpu.model_runner import GPUModelRunner
+        from vllm.v1.worker.workspace import init_workspace_manager, is_workspace_manager_initialized
+
+        from .vllm_node import process_groups
+        from .vllm_resolve import _build_model, _engine_config, _Node
+
+        self.device = torch.device(device)
+        self.virtual = self.device.type == "cpu"
+        if self.virtual:
+            _virtual_node_runtime()
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="aotwarm-runner-"))
+        (Path(tmp) / "config.json").write_text(config_json)
+        self.vc = vc = _engine_config(tmp, list(argv))
+        if not vc.use_v2_model_runner:
+            raise ValueError("vLLM runs its V1 model runner for this config; this harness drives Model Runner V2")
+        self._stack.enter_context(process_groups(vc))
+        self._stack.enter_context(set_current_vllm_config(vc))
+        self.model = model = _build_model(vc)
+        current_platform.update_block_size_for_backend(vc)
+        if not is_workspace_manager_initialized():  # as the GPU worker does at start-up
+            init_workspace_manager(self.device)
+        self.runner = runner = GPUModelRunner(vc, self.device)
+        if self.virtual:
+            _kv_zeroing_sees_the_caches(runner)
+        self._stand_in_model(model)
+        runner.load_model(model=model)
+        runner.model_state.prepare_attn = lambda *args, **kwargs: None  # the backends' families
+        import vllm.v1.worker.gpu.sample.sampler as sampler_module
+
+        sampler_module.flashinfer_sample = lambda logits, k, p: torch.zeros(
+            logits.shape[0], dtype=torch.int64, device=logits.device)
+        self.vocab_size = vc.model_config.get_vocab_size()
+        with self._zeroed():
+            self._profile_pass()
+        node = _Node(vc, int(torch.cuda.get_device_properties(0).total_memory
+                             * vc.cache_config.gpu_memory_utilization))
+        node.model_runner = runner
+        virtual = self.virtual
+        node._maybe_get_memory_pool_context = lambda tag: (_all_on_meta() if virtual and tag == "kv_cache"
+                                                           else contextlib.nullcontext())
+        EngineCore._initialize_kv_caches(node, vc)
+        self.kv_cache_config = runner.kv_cache_config
+        self._scheduler_parts = self._scheduler_factory()
+
+    # -- the model's stand-ins ------------------------------------------------------------------------------------
+    def _stand_in_model(self, model: Any) -> None:
+        import torch
+
+        hidden, dtype, device, virtual = (self.vc.model_config.get_hidden_size(), self.vc.model_config.dtype,
+                                          self.device, self.virtual)
+
+        def materialise(meta: Any) -> Any:
+            out = torch.empty_strided(meta.shape, meta.stride(), dtype=meta.dtype, device=device)
+            if not virtual and out.is_floating_point():
+                out.normal_()
+            return out
+
+        def on_meta(fn: Any) -> Any:
+            def run(*args: Any, **kwargs: Any) -> Any:
+                to_meta = (lambda x: torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+                           if isinstance(x, torch.Tensor) else x)
+                return materialise(fn(*map(to_meta, args), **{k: to_meta(v) for k, v in kwargs.items()}))
+            return run
+
+        def forward(*args: Any, positions: Any = None, **kwargs: Any) -> Any:
+            return torch.empty(positions.shape[-1], hidden, dtype=dtype, device=device)
+
+        model.forward = forward
+        model.compute_logits = on_meta(model.compute_logits)
+        if hasattr(model, "embed_input_ids"):
+            model.embed_input_ids = on_meta(model.embed_input_ids)
+
+        def fullgraph(desc: Any) -> Any:
+            return torch.empty(desc.num_tokens, hidden, dtype=dtype, device=device)
+
+        self._graph_stand_ins = (fullgraph, lambda m, inputs: m(**inputs))
+
+    @contextlib.contextmanager
+    def _zeroed(self) -> Iterator[None]:
+        if not self.virtual:
+            yield
+            return
+        with _Zeroed(), _cheap_reductions():
+            yield
+
+    def _graphs(self) -> None:
+        manager = self.runner.cudagraph_manager
+        if manager is not None:  # the model forward is a stand-in: no graph is captured or replayed
+            manager.run_fullgraph, manager.run_pw_graph = self._graph_stand_ins
+
+    # -- start-up -------------------------------------------------------------------------------------------------
+    def _profile_pass(self) -> None:
+        """``profile_run`` without the vision encoder's profiling: vLLM's dummy forward at the token budget and
+        ``_dummy_sampler_run`` (default pass, then ``SamplingParams.for_sampler_warmup()`` for every request)."""
+        import torch
+
+        runner = self.runner
+        with torch.inference_mode():
+            _, sample_hidden = runner._dummy_run(runner.max_num_tokens, skip_attn=True, is_profile=True)
+            if runner.is_last_pp_rank and runner.pooling_runner is None:
+                runner._dummy_sampler_run(sample_hidden)
+
+    def start_up(self) -> None:
+        """vLLM's JIT warm-up, as the GPU worker runs it when ``kernel_config.enable_jit_warmup`` is on."""
+        from vllm.v1.worker.gpu.warmup import warmup_kernels
+
+        self._graphs()
+        if self.vc.kernel_config.enable_jit_warmup:
+            with self._zeroed():
+                warmup_kernels(self.runner, self.runner.execute_model, self.runner.sample_tokens)
+
+    # -- serving --------------------------------------------------------------------------------------------------
+    def _scheduler_factory(self) -> tuple:
+        from vllm.utils.hashing import get_hash_fn_by_name
+        from vllm.v1.core.kv_cache_utils import (get_request_block_hasher, init_none_hash,
+                                                 resolve_kv_cache_block_sizes)
+
+        vc = self.vc
+        block_size, hash_block_size = resolve_kv_cache_block_sizes(self.kv_cache_config, vc)
+        hasher = None
+        if vc.cache_config.enable_prefix_caching:  # as the engine core builds it
+            hash_fn = get_hash_fn_by_name(vc.cache_config.prefix_caching_hash_algo)
+            init_none_hash(hash_fn)
+            hasher = get_request_block_hasher(hash_block_size, hash_fn, vc.num_hash_lookahead_tokens)
+        return block_size, hash_block_size, hasher
+
+    def _scheduler(self) -> Any:
+        import vllm.v1.core.sched.scheduler as scheduler_module
+        from vllm.v1.structured_output import StructuredOutputManager
+
+        block_size, hash_block_size, _ = self._scheduler_parts
+        saved = scheduler_module.MultiModalBudget
+        scheduler_module.MultiModalBudget = _NoEncoderBudget
+        try:
+            return self.vc.scheduler_config.get_scheduler_cls()(
+                vllm_config=self.vc, kv_cache_config=self.kv_cache_config,
+                structured_output_manager=StructuredOutputManager(self.vc), block_size=block_size,
+                hash_block_size=hash_block_size)
+        finally:
+            scheduler_module.MultiModalBudget = saved
+
+    def serve(self, workload: list[RequestShape], max_steps: int = 10_000) -> dict:
+        """Serve the workload with vLLM's scheduler, one step at a time; returns what ran (steps, batch sizes)."""
+        import numpy as np
+        import torch
+        from vllm.v1.core.sched.output import GrammarOutput
+        from vllm.v1.request import Request
+
+        self._graphs()
+        scheduler = self._scheduler()
+        hasher = self._scheduler_parts[2]
+        max_logprobs = self.vc.model_config.max_logprobs
+        pending = sorted(workload, key=lambda s: s.arrive)
+        structured: set[str] = set()
+        width = (self.vocab_size + 31) // 32
+        steps, batches = 0, []
+        with torch.inference_mode(), self._zeroed():
+            while (pending or scheduler.has_requests()) and steps < max_steps:
+                while pending and pending[0].arrive <= steps:
+                    shape = pending.pop(0)
+                    params, wants_grammar = sampling_params(shape, self.vocab_size, max_logprobs)
+                    rid = f"w{shape.seed}-{shape.arrive}-{len(pending)}"
+                    if wants_grammar:
+                        structured.add(rid)
+                    scheduler.add_request(Request(rid, list(range(1, shape.prompt_len + 1)), params, None,
+                                                  block_hasher=hasher))
+                out = scheduler.schedule()
+                steps += 1
+                if out.total_num_scheduled_tokens == 0:
+                    scheduler.update_from_output(out, self.runner.execute_model(out))
+                    continue
+                batches.append([len(out.num_scheduled_tokens), out.total_num_scheduled_tokens])
+                result = self.runner.execute_model(out)
+                if result is None:
+                    ids = [r for r in out.num_scheduled_tokens if r in structured]
+                    rows = sum(1 + len(out.scheduled_spec_decode_tokens.get(r, ())) for r in ids)
+                    grammar = (GrammarOutput(structured_output_request_ids=ids,
+                                             grammar_bitmask=np.full((rows, width), -1, dtype=np.int32))
+                               if ids else None)
+                    result = self.runner.sample_tokens(grammar)
+                if hasattr(result, "get_output"):
+                    result = result.get_output()
+                scheduler.update_from_output(out, result)
+        return {"steps": steps, "batches": batches}
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+@dataclass
+class _Cache:
+    """The process's one started runner (starting one costs seconds; a build worker runs several workloads)."""
+
+    key: tuple = ()
+    runner: V2Runner | None = None
+
+
+_STARTED = _Cache()
+
+
+@contextlib.contextmanager
+def started(config_json: str, argv: list[str], device: str) -> Iterator[V2Runner]:
+    """The started runner for this serving config (kept for the next workload of the same config)."""
+    key = (config_json, tuple(argv), device)
+    if _STARTED.key != key or _STARTED.runner is None:
+        if _STARTED.runner is not None:
+            _STARTED.runner.close()
+            _STARTED.runner = None
+        runner = V2Runner(config_json, argv, device)
+        runner.start_up()
+        _STARTED.key, _STARTED.runner = key, runner
+    yield _STARTED.runner
+
+
+def runner_workload(p: dict[str, Any], device: str) -> None:
+    """Op: vLLM's V2 runner started for the plan's serving config, then serving ``p["workload"]`` (none: start-up
+    only) with vLLM's scheduler."""
+    with started(p["config_json"], list(p["vllm_args"]), device) as runner:
+        workload = [RequestShape.from_dict(d) for d in p.get("workload", [])]
+        if workload:
+            runner.serve(workload)
+
+
+def shape_dicts(shapes: list[RequestShape]) -> list[dict]:
+    return [asdict(s) for s in shapes]
