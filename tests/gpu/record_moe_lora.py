@@ -32,6 +32,26 @@ def verify(bundle: Path, dest: Path) -> dict:
                                       ("misses", "failed_items", "preflight", "kind_failures")}}
 
 
+def record_verify_empty(steps: list[str], out: Path, name: str, plan: Path, bundle: Path, work: Path,
+                        harness: list[str]) -> dict:
+    """The steps of a GPU check: build GPU-less + install + ``harness`` under ``aotwarm record``; ``aotwarm verify``;
+    the same harness in a fresh process against an empty Triton cache (its JSON line)."""
+    result: dict = {}
+    if "record" in steps:
+        result["build"] = build_install(plan, bundle, work / "installed")
+        result["record"] = record(out, name, bundle, work / "installed", *harness)
+    if "verify" in steps:
+        result["verify"] = verify(bundle, work / "verify")
+    if "empty" in steps:  # the same run, fresh process, nothing installed
+        proc = subprocess.run([sys.executable, *harness], capture_output=True, text=True,
+                              env={**os.environ, "TRITON_CACHE_DIR": str(work / "empty-cache")})
+        (out / f"{name}-empty.stdout.txt").write_text(proc.stdout[-20000:] + "\n--- stderr ---\n"
+                                                      + proc.stderr[-20000:])
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{"')]
+        result["empty_cache"] = json.loads(lines[-1]) if lines else {"rc": proc.returncode, "err": proc.stderr[-3000:]}
+    return result
+
+
 def main(argv: list[str]) -> int:
     out, plan_path, config = Path(argv[0]), Path(argv[1]), Path(argv[2])
     steps = os.environ.get("AOTWARM_STEPS", "record,verify,empty").split(",")
@@ -42,20 +62,9 @@ def main(argv: list[str]) -> int:
     (model_dir / "config.json").write_text(config.read_text())
     serve = list(json.loads(plan_path.read_text())["serving"]["vllm_args"])
     harness = ["-m", "tests.independent.moe_lora_layer", "run", str(model_dir), "2028", "40", "--", *serve]
-    bundle, dest = work / "lora.tar.zst", work / "installed"
+    bundle = work / "lora.tar.zst"
     result: dict = {"serve_args": serve}
-    if "record" in steps:
-        result["build"] = build_install(plan_path, bundle, dest)
-        result["record"] = record(out, "moe-lora", bundle, dest, *harness)
-    if "verify" in steps:
-        result["verify"] = verify(bundle, work / "verify")
-    if "empty" in steps:  # the same run, fresh process, nothing installed
-        proc = subprocess.run([sys.executable, *harness], capture_output=True, text=True,
-                              env={**os.environ, "TRITON_CACHE_DIR": str(work / "empty-cache")})
-        (out / "moe-lora-empty.stdout.txt").write_text(proc.stdout[-20000:] + "\n--- stderr ---\n"
-                                                       + proc.stderr[-20000:])
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{"')]
-        result["empty_cache"] = json.loads(lines[-1]) if lines else {"rc": proc.returncode, "err": proc.stderr[-2000:]}
+    result.update(record_verify_empty(steps, out, "moe-lora", plan_path, bundle, work, harness))
     for i, other in enumerate(argv[3:]):
         result[f"verify_{Path(other).name}"] = verify(Path(other), work / f"other-{i}")
     print(json.dumps(result))

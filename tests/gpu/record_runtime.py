@@ -10,13 +10,10 @@ Prints one JSON line with the figures; the records and outputs are written to OU
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from tests.gpu.record_loop import build_install
-from tests.gpu.record_moe_deepgemm import record
-from tests.gpu.record_moe_lora import verify
+from tests.gpu.record_moe_lora import record_verify_empty
 
 
 def main(argv: list[str]) -> int:
@@ -29,20 +26,8 @@ def main(argv: list[str]) -> int:
     config = work / "config.json"
     config.write_text(plan["serving"]["vllm"]["config_json"])
     driver = ["-m", "tests.gpu.runner_workloads", str(config), workloads, seed, "--", *plan["serving"]["vllm_args"]]
-    bundle, dest = work / "runtime.tar.zst", work / "installed"
     result: dict = {"serve_args": plan["serving"]["vllm_args"]}
-    if "record" in steps:
-        result["build"] = build_install(plan_path, bundle, dest)
-        result["record"] = record(out, "vllm-runtime", bundle, dest, *driver)
-    if "verify" in steps:
-        result["verify"] = verify(bundle, work / "verify")
-    if "empty" in steps:  # the same run, fresh process, nothing installed
-        proc = subprocess.run([sys.executable, *driver], capture_output=True, text=True,
-                              env={**os.environ, "TRITON_CACHE_DIR": str(work / "empty-cache")})
-        (out / "vllm-runtime-empty.stdout.txt").write_text(proc.stdout[-20000:] + "\n--- stderr ---\n"
-                                                           + proc.stderr[-20000:])
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{"')]
-        result["empty_cache"] = json.loads(lines[-1]) if lines else {"rc": proc.returncode, "err": proc.stderr[-3000:]}
+    result.update(record_verify_empty(steps, out, "vllm-runtime", plan_path, work / "runtime.tar.zst", work, driver))
     print(json.dumps(result))
     return 0
 
