@@ -67,8 +67,8 @@ def _verdict(kind: dict, serving: ServingArgs, families: set[str]) -> tuple[str,
         return f"{cls}: embedding lookup / LM-head GEMM (torch ops, no JIT)", True
     if "LogitsProcessor" in names:
         return (f"{cls}: torch ops; vLLM's sampler and input-preparation Triton kernels (the runner's, not the "
-                f"model's) are planned (or stated) by the vllm-runtime family (FlashInfer's sampling module: the flashinfer "
-                f"family)", False)
+                f"model's) are planned (or stated) by the vllm-runtime family (FlashInfer's sampling module: the "
+                f"flashinfer family)", False)
     if kind["custom_op"]:
         if kind["enabled"]:
             return (f"{cls}: enabled vLLM CustomOp: its forward_cuda (a compiled CUDA op, or a Triton kernel no "

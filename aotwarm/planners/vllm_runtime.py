@@ -273,11 +273,16 @@ def _matrix(rng: random.Random, features: tuple[str, ...], seed: int) -> list[Re
     return shapes
 
 
+def _prompt_max(resolved: dict) -> int:
+    """Longest prompt a workload draws: four token budgets (chunked prefill over several steps), within the model."""
+    return min(int(resolved.get("max_model_len", 4096)) - 64, 4 * int(resolved.get("max_num_batched_tokens", 2048)))
+
+
 def workloads(resolved: dict, features: tuple[str, ...]) -> list[tuple[str, list[RequestShape], str]]:
     """(name, workload, reason) of the family's items: vLLM's start-up, two ramps, the feature matrix, a full
     batch."""
     rng = random.Random(0)
-    prompt_max = min(int(resolved["max_model_len"]) - 64, 4 * int(resolved["max_num_batched_tokens"]))
+    prompt_max = _prompt_max(resolved)
     return [
         ("start-up", [], "vLLM's start-up: the profiling pass (dummy forward + sampler) and its JIT warm-up"),
         ("ramp-0", _ramp(rng, features, 1, prompt_max),
@@ -389,7 +394,7 @@ def audit_items(items: list[WorkItem], serving: ServingArgs, rng) -> list[WorkIt
     resolved = (serving.vllm or {}).get("resolved") or {}
     features = serving.request_features if serving.request_features is not None else REQUEST_FEATURES
     n = rng.randint(1, int(resolved.get("max_num_seqs", 64)))
-    prompt_max = min(int(resolved.get("max_model_len", 4096)) - 64, 4 * int(resolved.get("max_num_batched_tokens", 2048)))
+    prompt_max = _prompt_max(resolved)
     shapes = [RequestShape(arrive=rng.randint(0, 2 * n), prompt_len=rng.randint(1, rng.choice([64, prompt_max])),
                            max_tokens=rng.randint(1, 32), features=tuple(f for f in features if rng.random() < 0.5),
                            seed=rng.randrange(1 << 30)) for _ in range(n)]
