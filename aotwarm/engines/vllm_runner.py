@@ -163,13 +163,19 @@ def _all_on_meta() -> Any:
 
 def _virtual_node_runtime() -> None:
     """What vLLM's runner asks of a GPU driver, answered on a GPU-less builder (see the module docstring)."""
+    import numpy as np
     import torch
     import vllm.v1.worker.gpu.async_utils as async_utils
     import vllm.v1.worker.gpu.buffer_utils as buffer_utils
     from vllm.platforms import current_platform
 
     def host_uva_buffer(self: Any, size: Any, dtype: Any) -> None:
-        self.cpu = torch.zeros(size, dtype=dtype, device="cpu")
+        # zeros as the pinned buffer is; numpy's zeros map pages lazily (the request state is max_num_reqs x
+        # max_model_len tokens: a GiB that torch.zeros would write)
+        try:
+            self.cpu = torch.from_numpy(np.zeros(size, dtype=torch.empty((), dtype=dtype).numpy().dtype))
+        except TypeError:  # a dtype numpy lacks (bfloat16)
+            self.cpu = torch.zeros(size, dtype=dtype)
         self.np = self.cpu.numpy()
         self._uva = self.cpu
 
