@@ -99,25 +99,23 @@ def sampling_params(shape: RequestShape, vocab_size: int, max_logprobs: int) -> 
     return params, "structured_output" in f
 
 
-class _Zeroed:
-    """Fresh integer CPU tensors zero-filled (a torch function mode): under the virtual GPU kernels are compiled, not
+def _zeroed_allocations() -> Any:
+    """A torch function mode zero-filling fresh integer CPU tensors: under the virtual GPU kernels are compiled, not
     run, so what they would have written stays zero -- a valid index, a valid count."""
+    import torch
+    from torch.overrides import TorchFunctionMode
 
-    def __new__(cls) -> Any:
-        import torch
-        from torch.overrides import TorchFunctionMode
+    empties = {torch.empty, torch.empty_like, torch.empty_strided, torch.Tensor.new_empty}
 
-        empties = {torch.empty, torch.empty_like, torch.empty_strided, torch.Tensor.new_empty}
+    class Zeroed(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if (func in empties and isinstance(out, torch.Tensor) and out.device.type == "cpu"
+                    and not out.is_floating_point()):  # index tensors; float contents index nothing
+                out.zero_()
+            return out
 
-        class Zeroed(TorchFunctionMode):
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                if (func in empties and isinstance(out, torch.Tensor) and out.device.type == "cpu"
-                        and not out.is_floating_point()):  # index tensors; float contents index nothing
-                    out.zero_()
-                return out
-
-        return Zeroed()
+    return Zeroed()
 
 
 def _cheap_reductions() -> Any:
@@ -284,7 +282,7 @@ class V2Runner:
             raise ValueError("vLLM runs its V1 model runner for this config; this harness drives Model Runner V2")
         self._stack.enter_context(process_groups(vc))
         self._stack.enter_context(set_current_vllm_config(vc))
-        self.model = model = _build_model(vc)
+        model = _build_model(vc)
         current_platform.update_block_size_for_backend(vc)
         if not is_workspace_manager_initialized():  # as the GPU worker does at start-up
             init_workspace_manager(self.device)
@@ -309,6 +307,7 @@ class V2Runner:
                                                            else contextlib.nullcontext())
         EngineCore._initialize_kv_caches(node, vc)
         self.kv_cache_config = runner.kv_cache_config
+        self._graphs()
         self._scheduler_parts = self._scheduler_factory()
 
     # -- the model's stand-ins ------------------------------------------------------------------------------------
@@ -349,7 +348,7 @@ class V2Runner:
         if not self.virtual:
             yield
             return
-        with _Zeroed(), _cheap_reductions():
+        with _zeroed_allocations(), _cheap_reductions():
             yield
 
     def _graphs(self) -> None:
@@ -373,7 +372,6 @@ class V2Runner:
         """vLLM's JIT warm-up, as the GPU worker runs it when ``kernel_config.enable_jit_warmup`` is on."""
         from vllm.v1.worker.gpu.warmup import warmup_kernels
 
-        self._graphs()
         if self.vc.kernel_config.enable_jit_warmup:
             with self._zeroed():
                 warmup_kernels(self.runner, self.runner.execute_model, self.runner.sample_tokens)
@@ -415,7 +413,6 @@ class V2Runner:
         from vllm.v1.core.sched.output import GrammarOutput
         from vllm.v1.request import Request
 
-        self._graphs()
         scheduler = self._scheduler()
         hasher = self._scheduler_parts[2]
         max_logprobs = self.vc.model_config.max_logprobs
