@@ -66,8 +66,9 @@ def test_vllm_gdn_kernels_compile_gpu_less(tmp_path, gpu, arch, expected):
 
 
 def test_vllm_runtime_kernels_compile_gpu_less_from_vllms_own_runner(tmp_path):
-    """vllm-runtime: vLLM's V2 runner started GPU-less for sm90 and serving the plan's workloads through vLLM's
-    scheduler; every key it reached compiles, and the statement keeps only what it did not reach."""
+    """vllm-runtime: vLLM's V2 runner with its MTP drafter (2 tokens) started GPU-less for sm90 and serving the
+    plan's workloads through vLLM's scheduler; every key it reached compiles, and the statement keeps only what it
+    did not reach."""
     from aotwarm.engines.vllm_triton_inventory import v1_kernels
     from aotwarm.planners import vllm_runtime
 
@@ -75,10 +76,11 @@ def test_vllm_runtime_kernels_compile_gpu_less_from_vllms_own_runner(tmp_path):
     # a few request features keep CI short; vLLM's warm-up uses them all once (SamplingParams.for_sampler_warmup)
     proc = run_cli("build", str(QWEN35_9B), "--gpu", "sm90", "--engine", "vllm", "--family", "vllm-runtime",
                    "--request-features", "temperature,top_k,top_p,penalties,logprobs", "--no-launchers", "-j", "2",
-                   "-o", str(out), "--json", *VLLM_ARGS)
+                   "-o", str(out), "--json", *VLLM_ARGS, "--speculative-config",
+                   json.dumps({"method": "mtp", "num_speculative_tokens": 2}))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)["summary"]
-    assert summary["failed_items"] == 0 and summary["cache_entries"] == summary["planned_jit_keys"] >= 40
+    assert summary["failed_items"] == 0 and summary["cache_entries"] == summary["planned_jit_keys"] >= 50
     manifest = read_bundle(out)
     plan = manifest["plan"]
     keys = plan["probe"]["jit_keys"]
@@ -88,6 +90,9 @@ def test_vllm_runtime_kernels_compile_gpu_less_from_vllms_own_runner(tmp_path):
             "_penalties_kernel", "_min_p_kernel", "_bias_kernel", "_bad_words_kernel", "_topk_log_softmax_kernel",
             "_apply_grammar_bitmask_kernel", "_topk_topp_kernel", "_topp_sb_stats_kernel",
             "precopy_mamba_align_fused_kernel", "_zero_kv_blocks_kernel"} <= reached
+    # the drafter and the rejection sampler: draft inputs (prefill, decode steps), rejection and resampling
+    assert {"_prepare_decode_inputs_kernel", "_update_draft_inputs_kernel", "_rejection_kernel", "_resample_kernel",
+            "_get_num_sampled_and_rejected_kernel", "_gather_draft_sampled_kernel"} <= reached
     # vLLM's top-k/top-p module took its GPU branch (8192-wide tiles, 8 warps), not the CPU one (256, 4 warps)
     topk = [k for k in keys if k.startswith("_topk_topp_kernel|")]
     assert topk and all("('constexpr', 8192)" in k and "'num_warps': 8" in k for k in topk)

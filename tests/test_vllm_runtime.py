@@ -164,11 +164,20 @@ def test_request_features_narrow_the_workloads_and_the_rest_is_said():
 
 
 @requires_vllm_stack
-def test_with_mtp_the_runner_is_not_started_and_that_is_said():
+def test_with_mtp_the_runner_is_started_with_vllms_drafter():
     plan = vllm_plan(CONFIGS / "Qwen--Qwen3.5-9B.json", *MTP2, families=("vllm-runtime",))
     fam = family(plan)
-    assert not plan.items and fam.status == "not-covered"
-    assert "not planned (speculative decoding (mtp)" in fam.summary
+    assert {i.id.split(":", 1)[1] for i in plan.items} == {"start-up", "ramp-0", "ramp-1", "matrix", "full-batch"}
+    assert "not planned" not in fam.summary and all("--speculative-config" in i.params["vllm_args"]
+                                                    for i in plan.items)
+
+
+def test_drafters_the_harness_cannot_create_are_stated():
+    base = {"use_v2_model_runner": True, "runner_type": "generate"}
+    assert vllm_runtime._runner_blocker({**base, "speculative_method": "mtp"}) is None
+    assert vllm_runtime._runner_blocker({**base, "speculative_method": "eagle3"}) is None
+    why = vllm_runtime._runner_blocker({**base, "speculative_method": "ngram"})
+    assert why.startswith("speculative decoding (ngram)") and "load_eagle_model" in why
 
 
 def test_without_vllms_resolution_the_family_says_so():

@@ -80,15 +80,18 @@ def _engine_config(model_dir: str, argv: list[str]) -> Any:
     return engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
 
 
-def _build_model(vllm_config: Any) -> Any:
+def _build_model(vllm_config: Any, model_config: Any = None) -> Any:
+    """The model vLLM's loader creates for ``model_config`` (default: the served model's), on ``meta``: its modules,
+    parameters' shapes and dtypes, no weights read."""
     from vllm.model_executor.model_loader import get_model_loader
     from vllm.utils.torch_utils import set_default_torch_dtype
 
     from .vllm_node import meta_allocations
 
-    with set_default_torch_dtype(vllm_config.model_config.dtype), meta_allocations():
+    model_config = model_config or vllm_config.model_config
+    with set_default_torch_dtype(model_config.dtype), meta_allocations():
         return get_model_loader(vllm_config.load_config).create_model(vllm_config=vllm_config,
-                                                                       model_config=vllm_config.model_config)
+                                                                       model_config=model_config)
 
 
 class _Node:

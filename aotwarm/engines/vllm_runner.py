@@ -4,31 +4,40 @@ serving process launches them.
 
 Nothing of the runner is re-derived.  vLLM's own objects run, in the order a serving process calls them:
 ``create_engine_config`` -> the model built by vLLM's loader on ``meta`` -> ``GPUModelRunner(vllm_config,
-device)`` -> its ``load_model(model=...)`` (sampler, request state, model state as vLLM builds them) -> the start-up
-profiling pass of ``profile_run`` (a dummy forward and ``_dummy_sampler_run``) -> the engine core's KV-cache sizing
-(``EngineCore._initialize_kv_caches``) with ``Worker.initialize_from_config`` on this runner (KV caches, block
-tables, the KV-zeroing metadata where vLLM needs it) -> vLLM's JIT warm-up (``warmup_kernels``, when
-``kernel_config.enable_jit_warmup``).  Requests are then served by vLLM's own scheduler class
+device)`` (with a speculative config: vLLM's speculator, ``init_speculator``) -> its ``load_model(model=...)``
+(sampler, rejection sampler, request state, model state as vLLM builds them; an MTP / EAGLE drafter created by
+vLLM's ``load_eagle_model`` on ``meta``, sharing the target's embedding and LM head) -> the start-up profiling pass
+of ``profile_run`` (a dummy forward, the drafter's proposal, ``_dummy_sampler_run``) -> the engine core's KV-cache
+sizing (``EngineCore._initialize_kv_caches``) with ``Worker.initialize_from_config`` on this runner (KV caches,
+block tables, the KV-zeroing metadata where vLLM needs it) -> the worker's V2 warm-up: vLLM's JIT warm-up
+(``warmup_kernels``, when ``kernel_config.enable_jit_warmup``), then ``capture_model`` (target and drafter graphs,
+each descriptor's passes run eagerly, not recorded).  Requests are then served by vLLM's own scheduler class
 (``scheduler_config.get_scheduler_cls()``, with the engine core's block hasher): ``schedule`` ->
 ``execute_model`` -> ``sample_tokens`` -> ``update_from_output``, one step at a time.
 
 What does not run, and why it cannot change a runtime kernel's key:
 
-* the model's forward and logits: the forward returns hidden states of vLLM's shape and dtype; the logits and the
-  input embeddings are vLLM's own ``compute_logits`` / ``embed_input_ids`` run on ``meta`` (their exact shape,
-  strides and dtype) and materialised on the runner's device (random values on a GPU);
-* attention metadata (``model_state.prepare_attn``): the attention and GDN backends' builders, whose kernels are
-  planned (or stated) by their own families;
+* the model's (and the drafter's) forward and logits: the forward returns hidden states of vLLM's shape and dtype;
+  the logits and the input embeddings are vLLM's own ``compute_logits`` / ``embed_input_ids`` run on ``meta``
+  (their exact shape, strides and dtype) and materialised on the runner's device (random values on a GPU);
+* attention metadata (``model_state.prepare_attn``, the drafter's ``_build_attn_metadata``): the attention and GDN
+  backends' builders, whose kernels are planned (or stated) by their own families;
 * FlashInfer's fused top-k/top-p sampler: a FlashInfer module (the ``flashinfer`` family), not Triton; it answers
   token 0 here;
-* CUDA-graph capture (it replays the model forward over dummy batches) and the vision encoder's profiling;
+* recording CUDA graphs: capture's passes run (their kernels compile with the arguments the graphs hold), no graph
+  is recorded and a replay launches nothing; the profiling capture that sizes graph memory before the KV caches
+  (``profile_cudagraph_memory``: a subset of the same descriptors), the compile-size warm-up forwards (the
+  model's) and ``kernel_warmup`` (DeepGEMM / FlashInfer: their families) are not run; nor is the vision encoder's
+  profiling;
 * structured-output grammars: the runner receives vLLM's ``GrammarOutput`` (an all-allowed bitmask, as vLLM's
   warm-up builds it) for the requests marked structured; no grammar is compiled.
 
 On a GPU-less builder (device ``cpu``) the virtual node also needs: host memory for vLLM's UVA buffers (the GPU
 reads them in place; here the CPU tensor is the view), KV caches on ``meta`` (the engine sizes them for the whole
 GPU), no memory-usage query, no stream switches, and zero-filled fresh tensors: the kernels do not run, so an index
-tensor a kernel would have written is all zeros (a valid index) instead of garbage.
+tensor a kernel would have written is all zeros (a valid index) instead of garbage.  For the same reason the
+rejection sampler's count of accepted tokens reads 0, which no GPU answers; the scheduler is told 1 + a random
+number of each request's drafts were accepted.
 """
 
 from __future__ import annotations
@@ -240,6 +249,53 @@ def _kv_zeroing_sees_the_caches(runner: Any) -> None:
     runner._init_kv_zero_meta = init
 
 
+def _accepted_as_on_a_gpu(scheduler: Any, scheduled: Any, output: Any, rng: random.Random) -> None:
+    """With speculative decoding the rejection sampler's kernels count each request's sampled tokens; on the
+    virtual GPU they do not run and every count reads 0, which no GPU answers for a request past its prompt (the
+    target's own token is always sampled).  Each such request gets 1 + a random number of its scheduled drafts
+    accepted, so the scheduler goes on as in serving (drafts accepted and rejected alike); a request still in its
+    prompt (chunked prefill) samples nothing, as on the GPU."""
+    drafts = scheduled.scheduled_spec_decode_tokens
+    for i, rid in enumerate(output.req_ids):
+        request = scheduler.requests.get(rid)
+        if output.sampled_token_ids[i] or request is None or request.num_computed_tokens < request.num_prompt_tokens:
+            continue
+        output.sampled_token_ids[i] = [0] * (1 + rng.randint(0, len(drafts.get(rid, ()))))
+
+
+@contextlib.contextmanager
+def _graphs_recorded_eagerly(virtual: bool) -> Iterator[None]:
+    """vLLM's CUDA-graph capture with the recording left out: each descriptor's warm-up pass and capture pass run
+    as vLLM runs them (its dummy inputs, its persistent buffers, the drafter's sampling and input updates), so
+    every kernel a captured graph holds is launched -- and compiled -- with the arguments the graph records; the
+    graph itself is not recorded and its replay launches nothing (a replay compiles nothing on a node either).
+    The model forward inside is the harness's stand-in.  On the virtual GPU the capture's memory accounting reads
+    a constant free size (nothing is allocated on the device)."""
+    import torch
+    import vllm.v1.worker.gpu.cudagraph_utils as cg
+
+    class Unrecorded:
+        def replay(self) -> None:
+            pass
+
+    saved = (cg.graph_capture, cg.capture_pool, cg.CudaGraphManager._capture_stream, torch.cuda.CUDAGraph,
+             torch.cuda.graph, torch.accelerator.get_memory_info, torch.accelerator.empty_cache)
+    if virtual:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.accelerator.get_memory_info = lambda *args, **kwargs: (total, total)
+        torch.accelerator.empty_cache = lambda: None
+    cg.graph_capture = lambda *args, **kwargs: contextlib.nullcontext()
+    cg.capture_pool = lambda pool, *args, **kwargs: contextlib.nullcontext(pool)
+    cg.CudaGraphManager._capture_stream = lambda self, desc: None
+    torch.cuda.CUDAGraph = Unrecorded
+    torch.cuda.graph = lambda *args, **kwargs: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        (cg.graph_capture, cg.capture_pool, cg.CudaGraphManager._capture_stream, torch.cuda.CUDAGraph,
+         torch.cuda.graph, torch.accelerator.get_memory_info, torch.accelerator.empty_cache) = saved
+
+
 class _NoEncoderBudget:
     """The scheduler's multimodal budget for text-only requests (vLLM's reads the image processor's files)."""
 
@@ -287,10 +343,21 @@ class V2Runner:
         if not is_workspace_manager_initialized():  # as the GPU worker does at start-up
             init_workspace_manager(self.device)
         self.runner = runner = GPUModelRunner(vc, self.device)
+        drafter = type(runner.speculator).__name__
+        if runner.speculator is not None and drafter not in ("MTPSpeculator", "EagleSpeculator"):
+            raise ValueError(f"vLLM's speculator {drafter}: this harness creates only MTP / EAGLE drafters")
         if self.virtual:
             _kv_zeroing_sees_the_caches(runner)
-        self._stand_in_model(model)
-        runner.load_model(model=model)
+        self._stand_in_forward(model, vc.model_config.get_hidden_size())
+        with self._drafter_on_meta():
+            runner.load_model(model=model)
+        speculator = runner.speculator
+        if getattr(speculator, "model", None) is not None:
+            self._stand_in_forward(speculator.model, speculator.draft_model_config.get_hidden_size())
+            # the drafter's attention metadata: its backends' (as the target's prepare_attn); an empty mapping, so
+            # the slot-mapping kernels the drafter runs between its steps still run
+            speculator._build_attn_metadata = lambda *args, **kwargs: {}
+            speculator._update_draft_decode_metadata = lambda *args, **kwargs: None
         runner.model_state.prepare_attn = lambda *args, **kwargs: None  # the backends' families
         import vllm.v1.worker.gpu.sample.sampler as sampler_module
 
@@ -307,41 +374,61 @@ class V2Runner:
                                                            else contextlib.nullcontext())
         EngineCore._initialize_kv_caches(node, vc)
         self.kv_cache_config = runner.kv_cache_config
-        self._graphs()
         self._scheduler_parts = self._scheduler_factory()
 
     # -- the model's stand-ins ------------------------------------------------------------------------------------
-    def _stand_in_model(self, model: Any) -> None:
+    def _materialise(self, meta: Any) -> Any:
         import torch
 
-        hidden, dtype, device, virtual = (self.vc.model_config.get_hidden_size(), self.vc.model_config.dtype,
-                                          self.device, self.virtual)
+        out = torch.empty_strided(meta.shape, meta.stride(), dtype=meta.dtype, device=self.device)
+        if not self.virtual and out.is_floating_point():
+            out.normal_()
+        return out
 
-        def materialise(meta: Any) -> Any:
-            out = torch.empty_strided(meta.shape, meta.stride(), dtype=meta.dtype, device=device)
-            if not virtual and out.is_floating_point():
-                out.normal_()
-            return out
+    def _on_meta(self, fn: Any) -> Any:
+        """``fn`` (a model's own method) run on ``meta`` copies of its arguments, its result materialised."""
+        import torch
 
-        def on_meta(fn: Any) -> Any:
-            def run(*args: Any, **kwargs: Any) -> Any:
-                to_meta = (lambda x: torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
-                           if isinstance(x, torch.Tensor) else x)
-                return materialise(fn(*map(to_meta, args), **{k: to_meta(v) for k, v in kwargs.items()}))
-            return run
+        def to_meta(x: Any) -> Any:
+            return (torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+                    if isinstance(x, torch.Tensor) else x)
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return self._materialise(fn(*map(to_meta, args), **{k: to_meta(v) for k, v in kwargs.items()}))
+        return run
+
+    def _stand_in_forward(self, model: Any, hidden: int) -> None:
+        """The model's forward answers hidden states of vLLM's shape and dtype; its logits, input embeddings (and a
+        drafter's hidden-state combination) are its own methods run on ``meta``."""
+        import torch
+
+        dtype, device = self.vc.model_config.dtype, self.device
 
         def forward(*args: Any, positions: Any = None, **kwargs: Any) -> Any:
             return torch.empty(positions.shape[-1], hidden, dtype=dtype, device=device)
 
         model.forward = forward
-        model.compute_logits = on_meta(model.compute_logits)
-        if hasattr(model, "embed_input_ids"):
-            model.embed_input_ids = on_meta(model.embed_input_ids)
+        if hasattr(model, "do_not_compile"):  # a @support_torch_compile class: call the stand-in, trace nothing
+            model.do_not_compile = True
+        for name in ("compute_logits", "embed_input_ids", "combine_hidden_states", "get_top_tokens"):
+            if hasattr(model, name):
+                setattr(model, name, self._on_meta(getattr(model, name)))
 
-        def fullgraph(desc: Any) -> Any:
-            return torch.empty(desc.num_tokens, hidden, dtype=dtype, device=device)
+    @contextlib.contextmanager
+    def _drafter_on_meta(self) -> Iterator[None]:
+        """While the runner loads the model: a target-dependent drafter (MTP, EAGLE) is created by vLLM's loader
+        on ``meta`` (``load_eagle_model`` shares the target's embedding and LM head as in serving); its weights
+        are not read."""
+        import vllm.v1.worker.gpu.spec_decode.eagle.utils as eagle_utils
 
-        self._graph_stand_ins = (fullgraph, lambda m, inputs: m(**inputs))
+        from .vllm_resolve import _build_model
+
+        saved = eagle_utils.get_model
+        eagle_utils.get_model = lambda *, vllm_config, model_config: _build_model(vllm_config, model_config)
+        try:
+            yield
+        finally:
+            eagle_utils.get_model = saved
 
     @contextlib.contextmanager
     def _zeroed(self) -> Iterator[None]:
@@ -350,11 +437,6 @@ class V2Runner:
             return
         with _zeroed_allocations(), _cheap_reductions():
             yield
-
-    def _graphs(self) -> None:
-        manager = self.runner.cudagraph_manager
-        if manager is not None:  # the model forward is a stand-in: no graph is captured or replayed
-            manager.run_fullgraph, manager.run_pw_graph = self._graph_stand_ins
 
     # -- start-up -------------------------------------------------------------------------------------------------
     def _profile_pass(self) -> None:
@@ -369,12 +451,19 @@ class V2Runner:
                 runner._dummy_sampler_run(sample_hidden)
 
     def start_up(self) -> None:
-        """vLLM's JIT warm-up, as the GPU worker runs it when ``kernel_config.enable_jit_warmup`` is on."""
+        """The GPU worker's V2 start-up after the KV caches (``Worker._compile_or_warm_up_model``): vLLM's JIT warm-up
+        when ``kernel_config.enable_jit_warmup`` is on, then CUDA-graph capture unless ``enforce_eager`` -- the
+        runner's ``capture_model`` (the target's graphs, then the drafter's) over vLLM's capture descriptors, each
+        pass run as capture runs it, eagerly (see ``_graphs_recorded_eagerly``)."""
         from vllm.v1.worker.gpu.warmup import warmup_kernels
 
-        if self.vc.kernel_config.enable_jit_warmup:
-            with self._zeroed():
-                warmup_kernels(self.runner, self.runner.execute_model, self.runner.sample_tokens)
+        runner = self.runner
+        with self._zeroed():
+            if self.vc.kernel_config.enable_jit_warmup:
+                warmup_kernels(runner, runner.execute_model, runner.sample_tokens)
+            if not self.vc.model_config.enforce_eager and runner.cudagraph_manager is not None:
+                with _graphs_recorded_eagerly(self.virtual):
+                    runner.capture_model()
 
     # -- serving --------------------------------------------------------------------------------------------------
     def _scheduler_factory(self) -> tuple:
@@ -420,6 +509,7 @@ class V2Runner:
         structured: set[str] = set()
         width = (self.vocab_size + 31) // 32
         steps, batches = 0, []
+        rng = random.Random(sum(s.seed for s in workload))
         with torch.inference_mode(), self._zeroed():
             while (pending or scheduler.has_requests()) and steps < max_steps:
                 while pending and pending[0].arrive <= steps:
@@ -438,14 +528,20 @@ class V2Runner:
                 batches.append([len(out.num_scheduled_tokens), out.total_num_scheduled_tokens])
                 result = self.runner.execute_model(out)
                 if result is None:
+                    # all-allowed rows, `decode_query_len` per request (as vLLM's warm-up builds them); with
+                    # drafts, how many of them the grammar accepted, drawn
                     ids = [r for r in out.num_scheduled_tokens if r in structured]
-                    rows = sum(1 + len(out.scheduled_spec_decode_tokens.get(r, ())) for r in ids)
+                    rows = len(ids) * self.runner.decode_query_len
+                    acceptable = [rng.randint(0, len(out.scheduled_spec_decode_tokens.get(r, ()))) for r in ids]
                     grammar = (GrammarOutput(structured_output_request_ids=ids,
-                                             grammar_bitmask=np.full((rows, width), -1, dtype=np.int32))
+                                             grammar_bitmask=np.full((rows, width), -1, dtype=np.int32),
+                                             num_acceptable_drafts=acceptable)
                                if ids else None)
                     result = self.runner.sample_tokens(grammar)
                 if hasattr(result, "get_output"):
                     result = result.get_output()
+                if self.virtual and self.runner.speculator is not None:
+                    _accepted_as_on_a_gpu(scheduler, out, result, rng)
                 scheduler.update_from_output(out, result)
         return {"steps": steps, "batches": batches}
 

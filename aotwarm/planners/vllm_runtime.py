@@ -201,15 +201,19 @@ FEATURE_FILES = {
 RAMP_REQUESTS = 48  # requests of a ramp workload: batches of every size 1..48 (Triton's integer classes: 1, 16k, other)
 
 
+DRAFTERS_ON_META = ("mtp", "eagle", "eagle3")  # methods whose V2 drafter vLLM builds through load_eagle_model
+
+
 def _runner_blocker(resolved: dict) -> str | None:
     """Why vLLM's runner cannot be started by ``engines.vllm_runner`` for this config, or None."""
     if not resolved.get("use_v2_model_runner"):
         return "vLLM runs its V1 model runner for this config (use_v2_model_runner=False); the runner harness drives V2"
     if resolved.get("runner_type") != "generate":
         return f"runner type {resolved.get('runner_type')!r}: the runner harness serves generation requests"
-    if resolved.get("speculative_method"):
-        return (f"speculative decoding ({resolved['speculative_method']}): the runner harness cannot start vLLM's "
-                f"drafter without its weights")
+    method = resolved.get("speculative_method")
+    if method and method not in DRAFTERS_ON_META:
+        return (f"speculative decoding ({method}): the runner harness creates only target-dependent drafters "
+                f"({', '.join(DRAFTERS_ON_META)}: vLLM's load_eagle_model) without their weights")
     if resolved.get("kv_transfer"):
         return "a KV-transfer / offloading config: the runner harness has no KV connector"
     return None
