@@ -11,6 +11,11 @@
 #     vllmso2/_moe_C_stable_libtorch.abi3.so.xz   vLLM's MoE ops (moe_align_block_size, moe_sum, topk_softmax)
 #     deepgemm/deep_gemm.tar.xz   vLLM's vendored DeepGEMM (vllm/third_party/deep_gemm with its extension)
 #     tools/unpack-triton.py
+#     fi/flashinfer-pruned.tar.xz, whl2/*.whl (vLLM's OpenAI-server imports, llguidance)
+#   All of it is made by tests/gpu/make_carry.sh.  Calls, back to back (the machine is released after 30 s idle):
+#     [.carry/triton38/p1, .carry/tools]  [.carry/triton38/p2, .carry/fi, .carry/whl2]  [.whl]
+#     [.carry/vllm, .carry/vllmso2]: copy each into $CARRY, then source this script and untar fi/ into /tmp/site
+#     [.carry/vllmso, payload]: xz -dc the _C ops into /tmp/site/vllm/, then the work
 #   usage: source tests/gpu/h200_stack38.sh   (sets PYTHONPATH; unpacks once per machine)
 CARRY=${CARRY:-/tmp/carry}
 set -e

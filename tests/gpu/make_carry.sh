@@ -26,18 +26,28 @@ cp "$TOOLS/unpack-triton.py" .carry/tools/
     --sort=name --mtime=@0 -cf - flashinfer $(cd "$SITE" && ls -d flashinfer_python-*.dist-info) | xz -T0 -6 > .carry/fi/flashinfer-pruned.tar.xz
 # what vLLM's config, model construction, runner and scheduler import, pinned to the .venv's versions
 PKGS="pydantic pydantic_core annotated-types typing-inspection msgspec cbor2 cachetools blake3 pyzmq pybase64
-      setproctitle openai jiter sniffio distro partial-json-parser llguidance xgrammar compressed-tensors loguru
+      setproctitle openai jiter sniffio distro partial-json-parser xgrammar compressed-tensors loguru
       fla-core zstandard orjson python-json-logger lark interegular outlines_core diskcache depyf dill astor ijson
       python-dotenv jsonschema jsonschema-specifications referencing rpds-py mistral_common pycountry
       pydantic-extra-types transformers huggingface_hub tokenizers hf-xet filelock apache-tvm-ffi
       lm-format-enforcer fastapi starlette watchfiles prometheus-fastapi-instrumentator opentelemetry-api
       opentelemetry-sdk opentelemetry-semantic-conventions"
-for p in $PKGS; do
+# the OpenAI server modules vLLM's runner imports on the way (a second folder: one carry call holds <= 64 MiB)
+PKGS2="httpx2 httpcore2 docstring_parser truststore oss-harmony anthropic mcp mcp-types
+       model-hosting-container-standards sse-starlette uvicorn python-multipart email-validator dnspython PyJWT
+       httptools websockets jmespath supervisor fastar agent-detector detect-installer llguidance"
+fetch() {  # fetch DIR PKG...
+  local dir=$1; shift; mkdir -p "$dir"
+  for p in "$@"; do
   v=$(.venv/bin/python -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$p" 2>/dev/null || true)
   [ -n "$v" ] || continue
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_39_x86_64 --platform manylinux_2_35_x86_64 --platform manylinux_2_34_x86_64 \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 --platform any -d .whl "$p==$v" >/dev/null 2>&1 || echo "no cp312 wheel: $p==$v"
-done
+    --platform manylinux_2_31_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d "$dir" "$p==$v" >/dev/null 2>&1 \
+    || echo "no cp312 wheel: $p==$v"
+  done
+}
+fetch .whl $PKGS
+fetch .carry/whl2 $PKGS2
 du -sh .carry/* .whl
