@@ -175,9 +175,9 @@ def test_with_mtp_the_runner_is_started_with_vllms_drafter():
 def test_drafters_the_harness_cannot_create_are_stated():
     base = {"use_v2_model_runner": True, "runner_type": "generate"}
     assert vllm_runtime._runner_blocker({**base, "speculative_method": "mtp"}) is None
-    assert vllm_runtime._runner_blocker({**base, "speculative_method": "eagle3"}) is None
-    why = vllm_runtime._runner_blocker({**base, "speculative_method": "ngram"})
-    assert why.startswith("speculative decoding (ngram)") and "load_eagle_model" in why
+    for method in ("ngram", "eagle3", "draft_model"):
+        why = vllm_runtime._runner_blocker({**base, "speculative_method": method})
+        assert why.startswith(f"speculative decoding ({method})") and "only these drafters: mtp" in why
 
 
 def test_without_vllms_resolution_the_family_says_so():

@@ -5,7 +5,7 @@ serving process launches them.
 Nothing of the runner is re-derived.  vLLM's own objects run, in the order a serving process calls them:
 ``create_engine_config`` -> the model built by vLLM's loader on ``meta`` -> ``GPUModelRunner(vllm_config,
 device)`` (with a speculative config: vLLM's speculator, ``init_speculator``) -> its ``load_model(model=...)``
-(sampler, rejection sampler, request state, model state as vLLM builds them; an MTP / EAGLE drafter created by
+(sampler, rejection sampler, request state, model state as vLLM builds them; an MTP drafter created by
 vLLM's ``load_eagle_model`` on ``meta``, sharing the target's embedding and LM head) -> the start-up profiling pass
 of ``profile_run`` (a dummy forward, the drafter's proposal, ``_dummy_sampler_run``) -> the engine core's KV-cache
 sizing (``EngineCore._initialize_kv_caches``) with ``Worker.initialize_from_config`` on this runner (KV caches,
@@ -344,8 +344,8 @@ class V2Runner:
             init_workspace_manager(self.device)
         self.runner = runner = GPUModelRunner(vc, self.device)
         drafter = type(runner.speculator).__name__
-        if runner.speculator is not None and drafter not in ("MTPSpeculator", "EagleSpeculator"):
-            raise ValueError(f"vLLM's speculator {drafter}: this harness creates only MTP / EAGLE drafters")
+        if runner.speculator is not None and drafter != "MTPSpeculator":
+            raise ValueError(f"vLLM's speculator {drafter}: this harness creates only MTP drafters")
         if self.virtual:
             _kv_zeroing_sees_the_caches(runner)
         self._stand_in_forward(model, vc.model_config.get_hidden_size())
@@ -416,7 +416,7 @@ class V2Runner:
 
     @contextlib.contextmanager
     def _drafter_on_meta(self) -> Iterator[None]:
-        """While the runner loads the model: a target-dependent drafter (MTP, EAGLE) is created by vLLM's loader
+        """While the runner loads the model: an MTP drafter is created by vLLM's loader
         on ``meta`` (``load_eagle_model`` shares the target's embedding and LM head as in serving); its weights
         are not read."""
         import vllm.v1.worker.gpu.spec_decode.eagle.utils as eagle_utils
