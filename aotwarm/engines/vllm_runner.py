@@ -52,6 +52,11 @@ from typing import Any, Iterator
 from .vllm_runner_node import (accepted_as_on_a_gpu, all_on_meta, cheap_reductions, graphs_recorded_eagerly,
                                kv_zeroing_sees_the_caches, virtual_node_runtime, zeroed_allocations)
 
+# speculative methods whose V2 drafter this harness creates without weights (vLLM builds it through
+# load_eagle_model), with the speculator class vLLM picks for it; EAGLE / EAGLE-3 load the same way but need the draft
+# model's own config.json and were not run: stated until they are
+DRAFTERS = {"mtp": "MTPSpeculator"}
+
 # request features a workload can use: what vLLM's OpenAI-compatible server accepts per request, named as in its API
 REQUEST_FEATURES = ("temperature", "top_k", "top_p", "seed", "min_p", "penalties", "logit_bias", "min_tokens",
                     "allowed_token_ids", "logprobs", "prompt_logprobs", "bad_words", "structured_output")
@@ -159,8 +164,8 @@ class V2Runner:
             init_workspace_manager(self.device)
         self.runner = runner = GPUModelRunner(vc, self.device)
         drafter = type(runner.speculator).__name__
-        if runner.speculator is not None and drafter != "MTPSpeculator":
-            raise ValueError(f"vLLM's speculator {drafter}: this harness creates only MTP drafters")
+        if runner.speculator is not None and drafter not in DRAFTERS.values():
+            raise ValueError(f"vLLM's speculator {drafter}: this harness creates only {', '.join(DRAFTERS.values())}")
         if self.virtual:
             kv_zeroing_sees_the_caches(runner)
         self._stand_in_forward(model, vc.model_config.get_hidden_size())
@@ -214,7 +219,7 @@ class V2Runner:
 
     def _stand_in_forward(self, model: Any, hidden: int) -> None:
         """The model's forward answers hidden states of vLLM's shape and dtype; its logits, input embeddings (and a
-        drafter's hidden-state combination) are its own methods run on ``meta``."""
+        drafter's local top tokens) are its own methods run on ``meta``."""
         import torch
 
         dtype, device = self.vc.model_config.dtype, self.device
@@ -225,7 +230,7 @@ class V2Runner:
         model.forward = forward
         if hasattr(model, "do_not_compile"):  # a @support_torch_compile class: call the stand-in, trace nothing
             model.do_not_compile = True
-        for name in ("compute_logits", "embed_input_ids", "combine_hidden_states", "get_top_tokens"):
+        for name in ("compute_logits", "embed_input_ids", "get_top_tokens"):
             if hasattr(model, name):
                 setattr(model, name, self._on_meta(getattr(model, name)))
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..engines import EngineInfo
-from ..engines.vllm_runner import REQUEST_FEATURES, RequestShape, shape_dicts
+from ..engines.vllm_runner import DRAFTERS, REQUEST_FEATURES, RequestShape, shape_dicts
 from ..engines.vllm_triton_inventory import TritonKernel, v1_kernels
 from ..model import ModelSpec
 from ..plan import FamilyCoverage, KernelCoverage, ServingArgs, WorkItem
@@ -201,11 +201,6 @@ FEATURE_FILES = {
 RAMP_REQUESTS = 48  # requests of a ramp workload: batches of every size 1..48 (Triton's integer classes: 1, 16k, other)
 
 
-# methods whose V2 drafter the harness creates (vLLM builds it through load_eagle_model) and that were run; EAGLE /
-# EAGLE-3 load the same way but need the draft model's own config.json and were not run: stated until they are
-DRAFTERS_ON_META = ("mtp",)
-
-
 def _runner_blocker(resolved: dict) -> str | None:
     """Why vLLM's runner cannot be started by ``engines.vllm_runner`` for this config, or None."""
     if not resolved.get("use_v2_model_runner"):
@@ -213,9 +208,9 @@ def _runner_blocker(resolved: dict) -> str | None:
     if resolved.get("runner_type") != "generate":
         return f"runner type {resolved.get('runner_type')!r}: the runner harness serves generation requests"
     method = resolved.get("speculative_method")
-    if method and method not in DRAFTERS_ON_META:
+    if method and method not in DRAFTERS:
         return (f"speculative decoding ({method}): the runner harness creates, without their weights, only these "
-                f"drafters: {', '.join(DRAFTERS_ON_META)} (through vLLM's load_eagle_model)")
+                f"drafters: {', '.join(DRAFTERS)} (through vLLM's load_eagle_model)")
     if resolved.get("kv_transfer"):
         return "a KV-transfer / offloading config: the runner harness has no KV connector"
     return None
